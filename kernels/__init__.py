@@ -1,0 +1,1 @@
+"""Low-bit matrix kernels (Triton) and their torch references. Imports neither engine nor app."""
