@@ -1,0 +1,1 @@
+"""Evaluation: perplexity over a text source, and (later) zero-shot task bridges."""
