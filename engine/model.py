@@ -72,10 +72,24 @@ def gguf_to_hf_folder(gguf_path: Path, trust_remote_code: bool = False) -> Path:
         ) from exc
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    _save_plain(model, tmp)
     tok.save_pretrained(tmp)
     os.replace(tmp, folder)
     return folder
+
+
+def _save_plain(model: nn.Module, folder: Path) -> None:
+    """Write config + safetensors by hand: transformers refuses save_pretrained on GGUF-loaded models."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_model(
