@@ -1,0 +1,419 @@
+"""Will it fit? Disk, accelerator memory and RAM per pipeline stage for a model at a bit budget.
+
+`plan_model` answers for each stage (download, measure, calibrate, Q-SFT, chat) with a verdict for this
+machine: "gpu" (fits on the accelerator), "offload" (fits only with part of it in RAM), "cpu" (no usable
+accelerator, or it is too small, but RAM holds it) or "no_fit". Sizes are GiB (2**30 bytes). Torch-free:
+the GUI calls it live while the user drags the budget slider.
+
+The chat and download estimates are checked against measured peaks (tests/engine/test_plan.py); the
+measure, calibrate and Q-SFT ones follow the designs in shared/DESIGN.md and are estimates until those
+stages exist to be measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bitsmith.engine.errors import BadInputError
+from bitsmith.engine.hardware import HardwareProfile
+from bitsmith.engine.modelinfo import ModelInfo
+
+GIB = 2**30
+STAGES = ("download", "measure", "calibrate", "qsft", "chat")
+VERDICTS = ("gpu", "offload", "cpu", "no_fit")
+MIN_BPW, MAX_BPW = 2.0, 16.0
+
+ACT_BYTES = 2          # activations in fp16/bf16
+KV_BYTES = 2           # KV cache in fp16/bf16
+LOGIT_BYTES = 4        # logits are upcast to fp32
+PREFILL_CHUNK = 512    # prompt tokens per forward when chat fills its KV cache
+CE_CHUNK = 1024        # tokens per chunk of Q-SFT's cross-entropy
+CALIB_MINIBATCH = 8    # calibration samples per step through one block (AutoRound's default batch)
+N_FORMATS = 4          # candidate formats scored per linear by the measure stage
+
+# Host memory of a CPU process once torch 2.13 (CPU) and transformers 5.23 are imported, and what its
+# first model build and forward add beyond weights, KV cache and activations. Measured 2026-11-22 on the
+# dev box (AMD EPYC, 2 cores, 23 GiB, Linux, Python 3.11) with
+#   python tests/engine/fixtures/measure_chat.py '{"hidden_size":64,"intermediate_size":128,
+#     "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":4,"vocab_size":1000}' 2048 512 OUT
+# RSS after the imports: 398.4 MiB; the peak after building that 0.2 M-parameter bf16 Llama and filling a
+# 2048-token static KV cache 512 tokens at a time: 431.1 MiB, of which 31.3 MiB beyond weights and cache.
+CPU_RUNTIME_BYTES = int(398 * 2**20)
+CPU_WORKSPACE_BYTES = int(32 * 2**20)
+# Not measured yet (no NVIDIA GPU or Mac here): a CUDA context with cuBLAS/Triton workspaces (which
+# NVML's free memory does not include before the process starts), host memory of a torch process with
+# CUDA or MPS initialised, and the share of unified memory Metal lets one process use
+# (recommendedMaxWorkingSetSize is roughly 2/3 to 3/4 of RAM).
+CUDA_CONTEXT_BYTES = int(0.5 * GIB)
+CUDA_HOST_RUNTIME_BYTES = int(1.0 * GIB)
+MPS_HOST_RUNTIME_BYTES = int(0.6 * GIB)
+MPS_WORKING_SET_FRACTION = 0.70
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """One stage on this machine: GiB of disk it writes, GiB placed on the accelerator and in RAM, the
+    verdict, the gap (GiB short when > 0, or for "offload" the GiB spilled to RAM; ≤ 0: GiB to spare on
+    the deciding tier), readable notes, and the GiB per component behind the figures."""
+
+    disk_gb: float
+    gpu_gb: float
+    cpu_gb: float
+    verdict: str
+    gap_gb: float
+    notes: tuple[str, ...] = ()
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every stage's estimate for one model at one budget on one machine, with the assumptions used."""
+
+    model_id: str
+    bpw: float
+    device: str
+    size_gb: float            # the quantized model on disk and in memory (linears at bpw, the rest 16-bit)
+    source_gb: float          # the source weights as stored
+    accelerator_gb: float     # memory the planner lets the accelerator use (0 without one)
+    ram_gb: float             # RAM available at detection time
+    disk_free_gb: float | None
+    settings: dict[str, int]
+    stages: dict[str, StageEstimate]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool:
+        """True when chat fits this machine at all (any verdict but no_fit)."""
+        return self.stages["chat"].verdict != "no_fit"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        out = asdict(self)
+        out["stages"] = {name: est.to_dict() for name, est in self.stages.items()}
+        out["notes"] = list(self.notes)
+        return out
+
+
+@dataclass(frozen=True)
+class _Accel:
+    kind: str            # "cuda", "mps" or "cpu"
+    name: str
+    budget: int          # bytes the planner may place on it
+
+
+@dataclass
+class _Need:
+    """A stage's memory by component: `must` stays on the accelerator, `prefer` goes there if room, `host`
+    is RAM. Without an accelerator everything is RAM."""
+
+    must: dict[str, int] = field(default_factory=dict)
+    prefer: dict[str, int] = field(default_factory=dict)
+    host: dict[str, int] = field(default_factory=dict)
+    disk: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def total(self) -> int:
+        return sum(self.must.values()) + sum(self.prefer.values()) + sum(self.host.values())
+
+
+def check_bpw(bpw: float) -> float:
+    """The budget as a float, or BadInputError when it is outside [2, 16] bits per weight."""
+    try:
+        value = float(bpw)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"bits per weight must be a number, got {bpw!r}", hint=_BPW_HINT) from exc
+    if not math.isfinite(value) or not MIN_BPW <= value <= MAX_BPW:
+        raise BadInputError(f"bits per weight must be between {MIN_BPW:g} and {MAX_BPW:g}, got {bpw!r}",
+                            hint=_BPW_HINT)
+    return value
+
+
+_BPW_HINT = ("Pick a budget such as 2.5 (mostly INT2), 3, 4.25 (INT4 with group 128) or 16 "
+             "(no quantization); it counts codes plus scales and zeros.")
+
+
+def accelerator(hw: HardwareProfile) -> _Accel:
+    """The device the planner places work on and how many bytes it may use there."""
+    device = hw.best_device
+    if device.startswith("cuda:"):
+        gpu = hw.gpu(int(device.split(":")[1]))
+        assert gpu is not None
+        return _Accel("cuda", gpu.name, gpu.free_bytes)
+    if device == "mps" and hw.apple is not None:
+        budget = int(hw.apple.unified_memory_bytes * MPS_WORKING_SET_FRACTION)
+        return _Accel("mps", hw.apple.chip, budget)
+    return _Accel("cpu", hw.cpu.model, 0)
+
+
+def plan_model(info: ModelInfo, bpw: float, hw: HardwareProfile, *, seq_len: int = 2048, batch: int = 1,
+               context: int = 4096, calib_samples: int = 128, source_on_disk: bool = False) -> Plan:
+    """Estimate every stage for `info` quantized to `bpw` bits per weight on `hw`. `seq_len`×`batch` is
+    the Q-SFT/calibration sequence shape, `context` the chat KV-cache length, `source_on_disk` skips the
+    download's disk need (a local model)."""
+    bpw = check_bpw(bpw)
+    for name, value in (("seq_len", seq_len), ("batch", batch), ("context", context),
+                        ("calib_samples", calib_samples)):
+        if not isinstance(value, int) or value <= 0:
+            raise BadInputError(f"{name} must be a positive integer, got {value!r}",
+                                hint=f"Give --{name.replace('_', '-')} a whole number above 0.")
+    acc = accelerator(hw)
+    settings = dict(seq_len=seq_len, batch=batch, context=context, calib_samples=calib_samples)
+    builders = {
+        "download": lambda kind: _download(info, source_on_disk),
+        "measure": lambda kind: _measure(info, kind, seq_len, calib_samples),
+        "calibrate": lambda kind: _calibrate(info, bpw, kind, seq_len, calib_samples),
+        "qsft": lambda kind: _qsft(info, bpw, kind, seq_len, batch),
+        "chat": lambda kind: _chat(info, bpw, kind, context, batch),
+    }
+    stages: dict[str, StageEstimate] = {}
+    disk_so_far = 0
+    for stage in STAGES:
+        need = builders[stage](acc.kind)
+        disk_so_far += need.disk
+        stages[stage] = _place(stage, need, lambda b=builders[stage]: b("cpu"), acc, hw, disk_so_far)
+    notes = []
+    if len(hw.gpus) > 1:
+        notes.append(f"{len(hw.gpus)} GPUs found; the plan uses one ({hw.best_device}, the most free memory)")
+    return Plan(
+        model_id=info.model_id, bpw=bpw, device=hw.best_device, size_gb=_gb(quantized_bytes(info, bpw)),
+        source_gb=_gb(info.source_bytes), accelerator_gb=_gb(acc.budget), ram_gb=_gb(hw.ram_available_bytes),
+        disk_free_gb=None if hw.disk_free_bytes is None else _gb(hw.disk_free_bytes), settings=settings,
+        stages=stages, notes=tuple(notes))
+
+
+def max_bpw_that_fits(info: ModelInfo, hw: HardwareProfile, stage: str = "chat", *,
+                      allow_offload: bool = False, **kwargs: Any) -> float | None:
+    """The largest budget in [2, 16] (to 0.01 bit) at which `stage` runs on this machine's best device
+    ("gpu", or "cpu" without an accelerator; "offload" too if allowed), or None if even 2 bits do not."""
+    if stage not in STAGES:
+        raise BadInputError(f"unknown stage {stage!r}", hint=f"Use one of: {', '.join(STAGES)}.")
+    ok = {"gpu"} if accelerator(hw).kind != "cpu" else {"cpu"}
+    if allow_offload:
+        ok.add("offload")
+
+    def fits(bpw: float) -> bool:
+        return plan_model(info, bpw, hw, **kwargs).stages[stage].verdict in ok
+
+    if fits(MAX_BPW):
+        return MAX_BPW
+    if not fits(MIN_BPW):
+        return None
+    lo, hi = 200, 1600  # hundredths of a bit; memory grows with bpw, so bisect
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid / 100) else (lo, mid)
+    return lo / 100
+
+
+def quantized_bytes(info: ModelInfo, bpw: float) -> int:
+    """Size of the quantized model: linears at `bpw` (codes + scales + zeros), everything else 16-bit."""
+    return int(info.linear_params * bpw / 8) + info.other_params * 2
+
+
+# ---- per-stage needs -------------------------------------------------------------------------------
+
+def _dims(info: ModelInfo) -> tuple[int, int, int, int, int]:
+    q = info.num_heads * info.head_dim
+    kv = info.num_kv_heads * info.head_dim
+    return info.hidden_size, info.intermediate_size, q, kv, info.vocab_size
+
+
+def _infer_token_bytes(info: ModelInfo) -> int:
+    """Live activations per token inside one block during a no-grad forward (the block's peak)."""
+    h, inter, q, kv, _ = _dims(info)
+    return (4 * h + 3 * inter + 2 * (q + 2 * kv)) * ACT_BYTES
+
+
+def _train_token_bytes(info: ModelInfo) -> int:
+    """Activations and their gradients per token for one block under autograd (recomputed block)."""
+    h, inter, q, kv, _ = _dims(info)
+    return (10 * h + 6 * inter + 3 * (q + 2 * kv)) * ACT_BYTES
+
+
+def _block_other_bytes(info: ModelInfo) -> int:
+    """16-bit non-linear parameters (norms, biases) of one block."""
+    h, v = info.hidden_size, info.vocab_size
+    embeddings = v * h * (1 if info.tie_word_embeddings else 2) + h
+    return max(0, info.other_params - embeddings) // max(info.num_layers, 1) * 2
+
+
+def _streamed_source_bytes(info: ModelInfo) -> int:
+    """RAM for the source while it is processed block by block: the embeddings plus two blocks in 16 bits
+    (the one being worked on and the next, read ahead from the memory-mapped safetensors)."""
+    block = info.block_linear_params * 2 + _block_other_bytes(info)
+    return info.vocab_size * info.hidden_size * 2 + 2 * block
+
+
+def _runtime(kind: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(accelerator, host) overheads of a worker process on this kind of device."""
+    if kind == "cuda":
+        return {"cuda_context": CUDA_CONTEXT_BYTES}, {"runtime": CUDA_HOST_RUNTIME_BYTES}
+    if kind == "mps":
+        return {}, {"runtime": MPS_HOST_RUNTIME_BYTES}
+    return {}, {"runtime": CPU_RUNTIME_BYTES, "workspace": CPU_WORKSPACE_BYTES}
+
+
+def _download(info: ModelInfo, source_on_disk: bool) -> _Need:
+    need = _Need(disk=0 if source_on_disk else info.source_bytes)
+    need.notes.append("the model is already on disk" if source_on_disk
+                      else f"downloads {_gb(info.source_bytes):.2f} GiB of weights ({info.source_format})")
+    return need
+
+
+def _measure(info: ModelInfo, kind: str, seq_len: int, calib_samples: int) -> _Need:
+    h, inter, q, _, _ = _dims(info)
+    acc, host = _runtime(kind)
+    block16 = info.block_linear_params * 2 + _block_other_bytes(info)
+    need = _Need(
+        must={**acc, "block_weights": block16,
+              "hessians": 4 * (h * h + q * q + inter * inter),
+              "error_eval": 2 * 4 * info.largest_linear,  # fp32 weight and its error for one format
+              "activations": CALIB_MINIBATCH * seq_len * _infer_token_bytes(info)},
+        prefer={"calibration_stream": 2 * calib_samples * seq_len * h * ACT_BYTES},
+        host={**host, "source_weights": _streamed_source_bytes(info)},
+        disk=max(len(info.linears), 7 * info.num_layers) * N_FORMATS * 8,
+    )
+    need.notes.append("one decoder block at a time, read from the memory-mapped source; calibration "
+                      "activations stay on the accelerator if room")
+    return need
+
+
+def _calibrate(info: ModelInfo, bpw: float, kind: str, seq_len: int, calib_samples: int) -> _Need:
+    h = info.hidden_size
+    acc, host = _runtime(kind)
+    blk = info.block_linear_params
+    need = _Need(
+        must={**acc, "block_weights": blk * 2 + _block_other_bytes(info),
+              "rounding_state": blk * (4 + 4 + 2),  # fp32 offsets + their gradients + dequantized weights
+              "activations": CALIB_MINIBATCH * seq_len * _train_token_bytes(info)},
+        prefer={"calibration_stream": 3 * calib_samples * seq_len * h * ACT_BYTES},
+        host={**host, "source_weights": _streamed_source_bytes(info)},
+        disk=quantized_bytes(info, bpw),
+    )
+    need.notes.append(f"{calib_samples} samples × {seq_len} tokens; fp inputs, quantized-stream inputs and "
+                      "targets kept per block")
+    return need
+
+
+def _stats_per_weight(bpw: float) -> float:
+    """Scales + zeros per weight for a layout at `bpw`: a mix of INT2/g64 (2.5 bpw) and INT4/g128 (4.25 bpw)
+    layers in the proportion that meets the budget (smooth, so more bits never need less memory)."""
+    int4_share = min(1.0, max(0.0, (bpw - 2.5) / (4.25 - 2.5)))
+    return (1 - int4_share) * 2 / 64 + int4_share * 2 / 128
+
+
+def _qsft(info: ModelInfo, bpw: float, kind: str, seq_len: int, batch: int) -> _Need:
+    h, _, _, _, v = _dims(info)
+    acc, host = _runtime(kind)
+    n_stats = int(info.linear_params * _stats_per_weight(bpw))
+    tokens = seq_len * batch
+    need = _Need(
+        must={**acc, "weights": quantized_bytes(info, bpw),
+              "stats_optimizer": n_stats * (4 + 4),  # fp32 Adam moments; gradients live one layer at a time
+              "weight_grad": info.largest_linear * 4,  # one layer's fp32 gradient, applied at once
+              "checkpoints": info.num_layers * tokens * h * ACT_BYTES,
+              "block_recompute": tokens * _train_token_bytes(info),
+              "cross_entropy": min(CE_CHUNK, tokens) * v * LOGIT_BYTES * 2 + tokens * h * ACT_BYTES * 2},
+        host=host,
+        disk=2 * quantized_bytes(info, bpw),
+    )
+    need.notes.append("codes updated inside the backward pass; activations recomputed per block; "
+                      f"cross-entropy in chunks of {CE_CHUNK} tokens; embeddings and lm_head frozen")
+    return need
+
+
+def _chat(info: ModelInfo, bpw: float, kind: str, context: int, batch: int) -> _Need:
+    h = info.hidden_size
+    acc, host = _runtime(kind)
+    chunk = min(PREFILL_CHUNK, context)
+    activations = batch * chunk * (_infer_token_bytes(info) + context * ACT_BYTES)  # block + attention mask
+    need = _Need(
+        must={**acc, "activations": activations + batch * info.vocab_size * LOGIT_BYTES + h * 2},
+        prefer={"weights": quantized_bytes(info, bpw),
+                "kv_cache": batch * context * info.kv_bytes_per_token(KV_BYTES)},
+        host=host,
+    )
+    need.notes.append(f"KV cache for {context} tokens; prompt processed {chunk} tokens at a time")
+    return need
+
+
+# ---- placement ---------------------------------------------------------------------------------------
+
+def _gb(n: float) -> float:
+    return round(n / GIB, 3)
+
+
+def _place(stage: str, need: _Need, cpu_need: Any, acc: _Accel, hw: HardwareProfile,
+           disk_so_far: int) -> StageEstimate:
+    """Choose gpu / offload / cpu / no_fit for one stage and say how much goes where."""
+    ram = hw.ram_available_bytes
+    notes = list(need.notes)
+    must, prefer, host = (sum(d.values()) for d in (need.must, need.prefer, need.host))
+    breakdown = {k: _gb(v) for d in (need.must, need.prefer, need.host) for k, v in d.items()}
+
+    on_acc = must + prefer
+    host_ok = (on_acc + host <= ram) if acc.kind == "mps" else host <= ram  # Apple: one memory pool
+    if stage == "download":
+        verdict, gpu, cpu, gap = ("gpu" if acc.kind != "cpu" else "cpu"), 0, 0, 0
+    elif acc.kind != "cpu" and on_acc <= acc.budget and host_ok:
+        verdict, gpu, cpu, gap = "gpu", must + prefer, host, must + prefer - acc.budget
+    elif acc.kind == "cuda" and must <= acc.budget and host + must + prefer - acc.budget <= ram:
+        spill = must + prefer - acc.budget
+        verdict, gpu, cpu, gap = "offload", acc.budget, host + spill, spill
+        notes.append(f"{_gb(spill):.2f} GiB does not fit the {acc.name} and lives in RAM (slower)")
+    else:
+        on_cpu: _Need = cpu_need() if acc.kind != "cpu" else need
+        total = on_cpu.total()
+        if acc.kind != "cpu":
+            breakdown = {k: _gb(v) for d in (on_cpu.must, on_cpu.prefer, on_cpu.host) for k, v in d.items()}
+        if total <= ram:
+            verdict, gpu, cpu, gap = "cpu", 0, total, total - ram
+            if acc.kind != "cpu":
+                notes.append(f"needs {_gb(must):.2f} GiB on the {acc.name} at least, which has "
+                             f"{_gb(acc.budget):.2f}: runs on the CPU (slow)")
+        else:
+            gap = total - ram
+            if acc.kind == "cuda":
+                spill = max(0, on_acc - acc.budget)
+                gap = min(gap, max(0, must - acc.budget) + max(0, host + spill - ram))
+                gpu, cpu = min(on_acc, acc.budget), host + spill
+            else:
+                gpu, cpu = 0, total
+            verdict = "no_fit"
+            notes.append(f"short of {_gb(gap):.2f} GiB of memory")
+    disk_free = hw.disk_free_bytes
+    if need.disk and disk_free is not None and disk_so_far > disk_free:
+        short = disk_so_far - disk_free
+        notes.append(f"disk: the pipeline so far needs {_gb(disk_so_far):.2f} GiB, {_gb(disk_free):.2f} free "
+                     f"at {hw.disk_path}")
+        gap = max(gap, short) if verdict == "no_fit" else short
+        verdict = "no_fit"
+    return StageEstimate(disk_gb=_gb(need.disk), gpu_gb=_gb(gpu), cpu_gb=_gb(cpu), verdict=verdict,
+                         gap_gb=_gb(gap), notes=tuple(notes), breakdown=breakdown)
+
+
+def describe(plan: Plan) -> str:
+    """A readable table of a plan, for `bitsmith plan`."""
+    lines = [f"{plan.model_id or '(model)'} at {plan.bpw:g} bits per weight on {plan.device}: "
+             f"{plan.size_gb:.2f} GiB quantized (source {plan.source_gb:.2f} GiB)",
+             f"memory: accelerator {plan.accelerator_gb:.2f} GiB usable, RAM {plan.ram_gb:.2f} GiB available"
+             + (f", disk {plan.disk_free_gb:.2f} GiB free" if plan.disk_free_gb is not None else "")]
+    header = f"{'stage':<10} {'verdict':<8} {'disk':>8} {'gpu':>8} {'ram':>8} {'gap':>8}"
+    lines += ["", header, "-" * len(header)]
+    for name, est in plan.stages.items():
+        lines.append(f"{name:<10} {est.verdict:<8} {est.disk_gb:>8.2f} {est.gpu_gb:>8.2f} {est.cpu_gb:>8.2f} "
+                     f"{est.gap_gb:>8.2f}")
+    lines.append("(GiB; gap > 0: missing, or spilled to RAM for offload; gap ≤ 0: to spare)")
+    for name, est in plan.stages.items():
+        for note in est.notes:
+            lines.append(f"  {name}: {note}")
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)

