@@ -28,6 +28,8 @@ JobFn = Callable[["JobContext", dict[str, Any]], None]
 JOB_MODULES: dict[str, str] = {
     "hardware": "bitsmith.engine.builtin_jobs",
     "selftest": "bitsmith.engine.builtin_jobs",
+    "quantize": "bitsmith.engine.pipeline.quantize",
+    "eval": "bitsmith.engine.pipeline.evaluate",
 }
 EXTRA_MODULES_ENV = "BITSMITH_EXTRA_JOB_MODULES"
 LOG_LEVELS = ("debug", "info", "warning", "error")

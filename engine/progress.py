@@ -143,6 +143,10 @@ class ProgressRenderer:
         where = f" ({', '.join(_fmt_value(v) for v in extras.values())})" if extras else ""
         self._line(self.out, f"{event.get('name')}{where}: {_fmt_value(event.get('value'))}")
 
+    def _on_result(self, event: Event) -> None:
+        fields = ", ".join(f"{k} {_fmt_value(v)}" for k, v in event.items() if k != "event")
+        self._line(self.out, f"result: {fields}")
+
     def _on_log(self, event: Event) -> None:
         level, message = event.get("level", "info"), str(event.get("message", ""))
         if level == "debug" and not self.verbose:
@@ -179,14 +183,24 @@ def run_job_cli(
     *,
     job_id: str | None = None,
     verbose: bool = False,
+    result_last: bool = False,
 ) -> int:
     """Run a job in this process, rendering its events; returns the worker's exit code.
 
     The first Ctrl-C asks the job to stop at its next checkpoint; a second one interrupts at once.
+    With `result_last` and json_mode, the job's `result` event (without its "event" key) is printed
+    again as the very last line, so scripts can read the outcome with `tail -n 1`.
     """
     from bitsmith.engine.jobclient import run_inprocess
 
-    renderer = ProgressRenderer(json_mode=json_mode, verbose=verbose)
+    shown = ProgressRenderer(json_mode=json_mode, verbose=verbose)
+    results: list[Event] = []
+
+    def renderer(event: Event) -> None:
+        if event.get("event") == "result":
+            results.append(event)
+        shown(event)
+
     cancel = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -204,7 +218,12 @@ def run_job_cli(
 
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        return run_inprocess(kind, params, renderer, job_id=job_id, cancel_event=cancel)
+        code = run_inprocess(kind, params, renderer, job_id=job_id, cancel_event=cancel)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if result_last and json_mode and results:
+        final = {k: v for k, v in results[-1].items() if k != "event"}
+        sys.stdout.write(json.dumps(final, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.flush()
+    return code

@@ -1,0 +1,36 @@
+"""`bitsmith quantize SOURCE --bpw B --out DIR`: the quantization pipeline as a job with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bitsmith quantize`."""
+    p = subparsers.add_parser(
+        "quantize",
+        help="compress a model to a mixed low-bit layout under a bits-per-weight budget",
+        description="Measure each layer's sensitivity, choose INT4/INT2 per layer under the budget, "
+        "calibrate block by block, evaluate and save. Run it again on the same --out to resume.",
+    )
+    p.add_argument("source", help="Hub id, HF folder, .gguf file, or 'bundled' (SmolLM2-135M-Instruct)")
+    p.add_argument("--bpw", type=float, required=True, help="bits-per-weight budget of the quantized layers")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--calib", default="stdlib", help="calibration text: a .txt/.jsonl/.parquet file or 'stdlib'")
+    p.add_argument("--eval-text", default="stdlib:heldout", help="held-out text for perplexity")
+    p.add_argument("--preset", default="default", choices=("demo", "default", "best"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code")
+    p.add_argument("--json", action="store_true", help="print the job's events as JSON lines")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bitsmith.engine.progress import run_job_cli
+
+    params = {
+        "source": args.source, "bpw": args.bpw, "out": args.out, "calib": args.calib,
+        "eval_text": args.eval_text, "preset": args.preset, "seed": args.seed,
+        "trust_remote_code": args.trust_remote_code,
+    }
+    return run_job_cli("quantize", params, json_mode=args.json)

@@ -1,0 +1,1 @@
+"""The end-to-end jobs: quantize (measure → search → calibrate → save), evaluate, inspect, demo."""

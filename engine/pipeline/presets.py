@@ -1,0 +1,45 @@
+"""Named presets for `bitsmith quantize`: how much data and effort each stage gets.
+
+`demo` is sized to finish the bundled 135M model in about three minutes on a 2-core CPU, `default`
+in about fifteen at 3.0 bpw, `best` takes what quality asks for. On a GPU the calibration stage
+uses the GPU presets of engine/calibrate (AutoRound's defaults), the rest scales the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from bitsmith.engine.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Data and effort per stage."""
+
+    name: str
+    measure_samples: int
+    measure_seq_len: int
+    measure_method: str
+    calib_preset: str
+    eval_tokens: int
+    eval_window: int
+    formats: tuple[str, ...] = ("int4_g128", "int2_g64")
+
+    def to_dict(self) -> dict:
+        """JSON-ready (recorded in bitsmith.json's recipe)."""
+        return asdict(self)
+
+
+PRESETS = {
+    "demo": Preset("demo", 4, 256, "rtn", "demo", eval_tokens=8192, eval_window=512),
+    "default": Preset("default", 16, 512, "hqq", "default", eval_tokens=32768, eval_window=512),
+    "best": Preset("best", 32, 1024, "hqq", "best", eval_tokens=0, eval_window=1024),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`, or a BadInputError listing the choices."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise BadInputError(f"unknown preset {name!r}", f"choose one of: {', '.join(PRESETS)}") from None

@@ -1,0 +1,192 @@
+"""The `quantize` job: source model → measure → search → calibrate → evaluate → save.
+
+Every expensive result is kept so that nothing is paid twice: the sensitivity measurement and the
+full-precision perplexity are cached per model and data; calibration checkpoints after every block
+in `<out>/../.<name>.partial`, so running the same command again resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bitsmith.engine.data import load_text, token_windows
+from bitsmith.engine.errors import BadInputError
+from bitsmith.engine.eval.perplexity import perplexity
+from bitsmith.engine.jobs import JobContext, job
+from bitsmith.engine.model import _cache_root, load_model
+from bitsmith.engine.pipeline.loading import source_identity
+from bitsmith.engine.pipeline.presets import Preset, get_preset
+from bitsmith.engine.quant.store import model_bpw, round_kept_, save_quantized
+from bitsmith.engine.search.layout import feasible_range, quality_curve, search_layout
+from bitsmith.engine.search.measure import Measurement, cache_key, load_cached, measure_model, save_cached
+
+
+def _param(params: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """A typed request parameter, or BadInputError naming it."""
+    value = params.get(name, default)
+    if value is None:
+        raise BadInputError(f"the quantize request lacks {name!r}", f"pass --{name.replace('_', '-')}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+
+
+def eval_tokens(tokenizer: Any, source: str, limit: int) -> torch.Tensor:
+    """Held-out tokens for perplexity: the text source tokenized, the first `limit` tokens (0: all)."""
+    ids = tokenizer(load_text(source))["input_ids"]
+    return torch.tensor(ids[:limit] if limit else ids)
+
+
+def _cached_json(path: Path, compute: Any) -> Any:
+    """Read a cached JSON value, or compute it and write it atomically."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, path)
+        return value
+
+
+def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
+    """The whole pipeline; returns the output folder. Parameters: see `bitsmith quantize --help`."""
+    source = _param(params, "source", str)
+    bpw = _param(params, "bpw", float)
+    out = Path(_param(params, "out", str)).expanduser().resolve()
+    preset: Preset = get_preset(_param(params, "preset", str, "default"))
+    calib_source = _param(params, "calib", str, "stdlib")
+    eval_source = _param(params, "eval_text", str, "stdlib:heldout")
+    seed = _param(params, "seed", int, 0)
+    if not 2.0 <= bpw <= 16.0:
+        raise BadInputError(f"a budget of {bpw} bpw is outside [2, 16]", "choose a budget such as 2.5, 3.0 or 4.0")
+    if out.exists() and not (out / "bitsmith.json").is_file() and any(out.iterdir()):
+        raise BadInputError(f"{out} exists and is not a Bitsmith model folder", "choose a new or empty output path")
+    partial = out.with_name(f".{out.name}.partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    model_id = source_identity(source)
+    cache = _cache_root()
+
+    ctx.stage("load", total=1)
+    model, tok = load_model(source, dtype=torch.float32, trust_remote_code=bool(params.get("trust_remote_code")))
+    round_kept_(model)  # the reference is the model as it will be stored: 16-bit
+    ctx.progress(1)
+    ctx.log(f"loaded {source}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
+
+    calib_ids = tok(load_text(calib_source))["input_ids"]
+    windows = token_windows(calib_ids, preset.measure_samples, preset.measure_seq_len, seed=seed)
+    held = eval_tokens(tok, eval_source, preset.eval_tokens)
+
+    ctx.stage("evaluate-fp", total=1)
+    fp_key = cache_key(model_id, ["fp"], f"ppl-{preset.eval_window}", [held.tolist()])
+    fp = _cached_json(cache / "eval" / f"{fp_key}.json", lambda: perplexity(model, held, preset.eval_window).to_dict())
+    ctx.progress(1)
+    ctx.metric("ppl", fp["ppl"], split="heldout", model="full-precision", tokens=fp["tokens"])
+
+    ctx.stage("measure", total=None)
+    mkey = cache_key(model_id, preset.formats, preset.measure_method, windows)
+    mpath = cache / "measure" / f"{mkey}.json"
+    measurement = load_cached(mpath)
+    if measurement is None:
+        measurement = measure_model(
+            model, windows, preset.formats, preset.measure_method,
+            on_progress=lambda stage, done, total: ctx.progress(done, total, stage=f"measure-{stage}"),
+            check_cancel=ctx.check_cancel,
+        )
+        save_cached(mpath, measurement)
+        ctx.log(f"measured {len(measurement.layers)} layers in {measurement.seconds:.0f} s (cached)")
+    else:
+        ctx.log(f"using the cached measurement {mpath.name}")
+
+    ctx.stage("search", total=1)
+    layout = _search(ctx, measurement, bpw, fp["nll"])
+    ctx.progress(1)
+    (partial / "layout.json").write_text(json.dumps(layout.formats, indent=1))
+
+    ctx.stage("calibrate", total=None)
+    summary = _calibrate(ctx, model, tok, calib_ids, layout.formats, preset, partial, seed)
+
+    ctx.stage("evaluate", total=1)
+    q = perplexity(model, held, preset.eval_window).to_dict()
+    ctx.progress(1)
+    ctx.metric("ppl", q["ppl"], split="heldout", model="quantized", tokens=q["tokens"])
+    ctx.metric("ppl_ratio", q["ppl"] / fp["ppl"], split="heldout")
+
+    ctx.stage("save", total=1)
+    metrics = {
+        "heldout_ppl_fp": fp["ppl"], "heldout_ppl": q["ppl"], "eval_tokens": q["tokens"],
+        "eval_window": q["window"], "eval_text": eval_source,
+        "predicted_ppl": math.exp(fp["nll"] + layout.predicted_error),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    recipe = {
+        "budget_bpw": bpw, "preset": preset.to_dict(), "calib_text": calib_source, "seed": seed,
+        "measure_signal": measurement.signal, "calibration": summary,
+    }
+    save_quantized(model, tok, out, source={"model": source, "identity": model_id}, recipe=recipe, metrics=metrics)
+    shutil.rmtree(partial, ignore_errors=True)
+    ctx.progress(1)
+    achieved = model_bpw(model)["quantized_linears"]
+    ctx.metric("bpw", achieved, scope="quantized_linears")
+    ctx.artifact("model", out, bpw=achieved, ppl=q["ppl"])
+    ctx.emit({
+        "event": "result", "out": str(out), "bpw": achieved, "ppl_fp": fp["ppl"], "ppl": q["ppl"],
+        "seconds": metrics["seconds"],
+    })
+    return out
+
+
+def _search(ctx: JobContext, measurement: Measurement, bpw: float, fp_nll: float):
+    """The layout for the budget, with the predicted quality curve reported for plotting."""
+    choices = measurement.choices()
+    low, high = feasible_range(choices)
+    if bpw < low:
+        raise BadInputError(
+            f"a budget of {bpw} bpw is below the smallest layout this model allows ({low:.3f} bpw, all INT2)",
+            f"choose at least {low:.2f} bpw",
+        )
+    if bpw > high:
+        ctx.log(f"the budget {bpw} bpw is above the largest layout ({high:.3f} bpw): every layer gets INT4")
+    layout = search_layout(choices, bpw)
+    curve = [(b, math.exp(fp_nll + e)) for b, e in quality_curve(choices, points=21)]
+    ctx.metric("predicted_ppl_curve", curve)
+    ctx.metric("predicted_ppl", math.exp(fp_nll + layout.predicted_error), bpw=layout.bpw)
+    counts: dict[str, int] = {}
+    for fmt in layout.formats.values():
+        counts[fmt] = counts.get(fmt, 0) + 1
+    ctx.log(f"layout at {layout.bpw:.3f} bpw: " + ", ".join(f"{n} × {f}" for f, n in sorted(counts.items())))
+    return layout
+
+
+def _calibrate(ctx, model, tok, calib_ids, formats, preset: Preset, partial: Path, seed: int) -> dict:
+    """Block-wise calibration of the layout, resumable from `partial`."""
+    from bitsmith.engine.calibrate import CalibConfig, calibrate_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = CalibConfig.preset(preset.calib_preset, device=device)
+    windows = token_windows(calib_ids, config.samples, config.seq_len, seed=seed + 1)
+    result = calibrate_model(
+        model, windows, formats, config,
+        checkpoint_dir=partial / "calibrate",
+        on_progress=lambda stage, done, total: ctx.progress(done, total, stage=stage),
+        check_cancel=ctx.check_cancel,
+    )
+    return result if isinstance(result, dict) else getattr(result, "to_dict", lambda: {})()
+
+
+@job("quantize")
+def quantize_job(ctx: JobContext, params: dict[str, Any]) -> None:
+    """Worker entry point for `quantize`."""
+    run_quantize(ctx, params)
