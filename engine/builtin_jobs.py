@@ -83,3 +83,33 @@ def selftest_job(ctx: JobContext, params: dict[str, Any]) -> None:
             )
     ctx.progress(3)
     ctx.log("selftest passed")
+
+
+@job("download")
+def download_job(ctx: JobContext, params: dict[str, Any]) -> None:
+    """Download a model from the Hub with byte progress; cancel keeps partial files for the next run."""
+    from bitsmith.engine.errors import BadInputError
+    from bitsmith.engine.hub_download import download_model
+
+    model_id = params.get("model")
+    if not isinstance(model_id, str) or not model_id:
+        raise BadInputError("the download request lacks 'model'", "pass a Hub id such as owner/name")
+
+    def on_progress(p: Any) -> None:
+        if ctx.cancelled:
+            ctx.check_cancel()
+        ctx.progress(p.done, p.total, stage="download")
+
+    result = download_model(
+        model_id,
+        revision=params.get("revision"),
+        dest=params.get("dest"),
+        allow_pickle=bool(params.get("allow_pickle")),
+        progress=on_progress,
+        cancel=ctx.cancel_event,
+    )
+    for note in result.notes:
+        ctx.log(note)
+    ctx.artifact("model", result.path, source=result.source, commit=result.commit)
+    ctx.emit({"event": "result", "path": str(result.path), "source": result.source,
+              "bytes": result.total_bytes, "downloaded_bytes": result.downloaded_bytes})

@@ -28,6 +28,7 @@ JobFn = Callable[["JobContext", dict[str, Any]], None]
 JOB_MODULES: dict[str, str] = {
     "hardware": "bitsmith.engine.builtin_jobs",
     "selftest": "bitsmith.engine.builtin_jobs",
+    "download": "bitsmith.engine.builtin_jobs",
     "quantize": "bitsmith.engine.pipeline.quantize",
     "eval": "bitsmith.engine.pipeline.evaluate",
 }
@@ -152,6 +153,11 @@ class JobContext:
     def cancelled(self) -> bool:
         """True once the user asked to stop; long loops should call check_cancel() at safe points."""
         return self._cancel.is_set()
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """The event set on cancel, for library calls that take one (e.g. downloads)."""
+        return self._cancel
 
     def request_cancel(self) -> None:
         """Ask the job to stop at its next check_cancel() (used by the worker on stdin/signals)."""

@@ -51,6 +51,14 @@ def _cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("bitsmith", appauthor=False))
 
 
+def _quiet_transformers() -> None:
+    """Jobs report their own progress; transformers' bars would only clutter logs and terminals."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def gguf_to_hf_folder(gguf_path: Path, trust_remote_code: bool = False) -> Path:
     """Dequantize a GGUF once into a cached HF folder (safetensors + tokenizer) and return its path."""
     stat = gguf_path.stat()
@@ -60,6 +68,7 @@ def gguf_to_hf_folder(gguf_path: Path, trust_remote_code: bool = False) -> Path:
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
@@ -98,6 +107,7 @@ def load_model(
     """Load (model, tokenizer) from `bundled`, a `.gguf` file, a local HF folder or a Hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     source = resolve_source(source)
     path = Path(source)
     if path.suffix == ".gguf":

@@ -73,7 +73,6 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     if out.exists() and not (out / "bitsmith.json").is_file() and any(out.iterdir()):
         raise BadInputError(f"{out} exists and is not a Bitsmith model folder", "choose a new or empty output path")
     partial = out.with_name(f".{out.name}.partial")
-    partial.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     started = time.perf_counter()
     model_id = source_identity(source)
@@ -113,6 +112,7 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     ctx.stage("search", total=1)
     layout = _search(ctx, measurement, bpw, fp["nll"])
     ctx.progress(1)
+    partial.mkdir(parents=True, exist_ok=True)
     (partial / "layout.json").write_text(json.dumps(layout.formats, indent=1))
 
     ctx.stage("calibrate", total=None)

@@ -592,3 +592,22 @@ def test_cli_download_prints_the_folder(hub, tmp_path, capsys):
     assert main(["download", "nobody/nothing"]) == 2
     err = capsys.readouterr().err
     assert "not found on the Hub" in err and "what to do" in err
+
+
+def test_download_job_reports_byte_progress_and_the_folder(hub, tmp_path, monkeypatch):
+    """The worker's `download` job: byte progress events, a model artifact, and a result with the path."""
+    from bitsmith.engine.jobclient import run_inprocess
+
+    monkeypatch.setenv("BITSMITH_HOME", str(tmp_path / "home"))
+    events: list[dict] = []
+    code = run_inprocess("download", {"model": TINY}, events.append)
+    assert code == 0, events[-3:]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and progress[-1]["done"] == progress[-1]["total"] > 0
+    assert [e["done"] for e in progress] == sorted(e["done"] for e in progress)
+    result = next(e for e in events if e["event"] == "result")
+    assert (Path(result["path"]) / "config.json").is_file()
+    assert any(e["event"] == "artifact" and e["kind"] == "model" for e in events)
+    bad: list[dict] = []
+    assert run_inprocess("download", {}, bad.append) == 2
+    assert any(e["event"] == "error" and e["kind"] == "bad_input" for e in bad)
