@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nSmolLM2-135M-Instruct → {Path(args.out).resolve()}")
     print(f"  bits per weight: {bpw['quantized_linears']:.3f} over the quantized linears "
           f"({bpw['all_weights']:.2f} counting the 16-bit embeddings and norms)")
-    print(f"  held-out perplexity ({m['eval_tokens']} tokens, window {m['eval_window']}): "
+    print(f"  held-out perplexity ({m['scored_tokens']} tokens, window {m['eval_window']}): "
           f"full precision {m['heldout_ppl_fp']:.2f} → quantized {m['heldout_ppl']:.2f} "
           f"(×{m['heldout_ppl'] / m['heldout_ppl_fp']:.3f}; predicted {m['predicted_ppl']:.2f})")
     print("\nChat with the quantized model (greedy):")

@@ -126,7 +126,8 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
 
     ctx.stage("save", total=1)
     metrics = {
-        "heldout_ppl_fp": fp["ppl"], "heldout_ppl": q["ppl"], "eval_tokens": q["tokens"],
+        "heldout_ppl_fp": fp["ppl"], "heldout_ppl": q["ppl"], "eval_tokens": int(held.numel()),
+        "scored_tokens": q["tokens"],
         "eval_window": q["window"], "eval_text": eval_source,
         "predicted_ppl": math.exp(fp["nll"] + layout.predicted_error),
         "seconds": round(time.perf_counter() - started, 1),

@@ -1,0 +1,83 @@
+"""`bitsmith quantize` end to end through the real CLI: events, the saved folder, eval, resume, bad budgets."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bitsmith.engine.jobclient import JobClient
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "BITSMITH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bitsmith.engine", *args], capture_output=True, text=True, env=_env(home), timeout=600
+    )
+
+
+def _events(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_quantize_then_eval_reproduces_the_recorded_perplexity(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q"
+    run = _cli(tmp_path, "quantize", str(tiny_model_dir), "--bpw", "3.0", "--out", str(out), "--preset", "demo",
+               "--json")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    events = _events(run.stdout)
+    stages = [e["stage"] for e in events if e["event"] == "stage"]
+    for name in ("load", "evaluate-fp", "search", "evaluate", "save"):
+        assert name in stages
+    assert stages.index("search") < stages.index("evaluate") < stages.index("save")
+    assert any(s.startswith("measure") for s in stages) and any(s.startswith("calib") for s in stages)
+    assert events[-1] == {"event": "done", "status": "ok"} or events[-1]["status"] == "ok"
+    result = next(e for e in events if e["event"] == "result")
+    meta = json.loads((out / "bitsmith.json").read_text())
+    assert meta["bpw"]["quantized_linears"] <= 3.0
+    assert set(meta["layout"].values()) == {"int4_g128", "int2_g64"}  # a real mix at 3.0 bpw
+    assert result["ppl"] == pytest.approx(meta["metrics"]["heldout_ppl"])
+    assert not (tmp_path / ".q.partial").exists()
+    # eval of the saved folder on the same tokens and window gives the recorded number again
+    ev = _cli(tmp_path, "eval", str(out), "--json", "--max-tokens", str(meta["metrics"]["eval_tokens"]))
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    last = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert last["tokens"] == meta["metrics"]["scored_tokens"]
+    assert last["ppl"] == meta["metrics"]["heldout_ppl"]  # bit-exact reload, same tokens and windows
+
+
+@pytest.mark.slow
+def test_cancel_during_calibration_then_resume(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q"
+    params = {"source": str(tiny_model_dir), "bpw": 3.0, "out": str(out), "preset": "demo"}
+    handle = JobClient().start("quantize", params, env=_env(tmp_path))
+    cancelled = False
+    for event in handle.events():
+        if event["event"] == "progress" and event["stage"].startswith("calib") and event["done"] >= 1:
+            handle.cancel()
+            cancelled = True
+    assert cancelled
+    assert handle.wait(60) == 3  # cancelled
+    assert (tmp_path / ".q.partial").is_dir() and not out.exists()
+    resumed = JobClient().start("quantize", params, env=_env(tmp_path))
+    events = list(resumed.events())
+    assert resumed.wait(60) == 0, events[-3:]
+    assert (out / "bitsmith.json").is_file()
+    summary = json.loads((out / "bitsmith.json").read_text())["recipe"]["calibration"]
+    assert summary["resumed_blocks"] >= 1
+
+
+@pytest.mark.parametrize("bpw, message", [("1.5", "outside"), ("2.05", "below the smallest layout")])
+def test_bad_budget_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path, bpw: str, message: str) -> None:
+    out = str(tmp_path / "q")
+    run = _cli(tmp_path, "quantize", str(tiny_model_dir), "--bpw", bpw, "--out", out, "--preset", "demo")
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "q").exists()
