@@ -32,8 +32,8 @@ class Preset:
 
 PRESETS = {
     "demo": Preset("demo", 4, 256, "rtn", "demo", eval_tokens=8192, eval_window=512),
-    "default": Preset("default", 16, 512, "hqq", "default", eval_tokens=32768, eval_window=512),
-    "best": Preset("best", 32, 1024, "hqq", "best", eval_tokens=0, eval_window=1024),
+    "default": Preset("default", 16, 512, "rtn", "default", eval_tokens=32768, eval_window=512),
+    "best": Preset("best", 32, 1024, "rtn", "best", eval_tokens=0, eval_window=1024),
 }
 
 
