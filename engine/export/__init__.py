@@ -1,0 +1,1 @@
+"""Exporting Bitsmith models to other runtimes' formats (GGUF for llama.cpp: engine/export/gguf.py)."""
