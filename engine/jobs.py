@@ -31,6 +31,9 @@ JOB_MODULES: dict[str, str] = {
     "download": "bitsmith.engine.builtin_jobs",
     "quantize": "bitsmith.engine.pipeline.quantize",
     "eval": "bitsmith.engine.pipeline.evaluate",
+    "finetune": "bitsmith.engine.finetune.job",
+    "chat": "bitsmith.engine.runtime.job",
+    "export": "bitsmith.engine.export.job",
 }
 EXTRA_MODULES_ENV = "BITSMITH_EXTRA_JOB_MODULES"
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -1,0 +1,71 @@
+"""Cross-entropy over the vocabulary in chunks of tokens, never holding the logits of the whole sequence.
+
+`chunked_lm_loss(hidden, weight, targets)` returns the *sum* of the token losses of the scored positions.
+Only scored positions go through the output layer (prompt tokens of instruction data cost nothing there).
+The forward computes, chunk by chunk, the logits (fp32), the loss and the gradient to the hidden states,
+(softmax - onehot) @ W, and keeps only that gradient ([T, H], the size of the hidden states); the output
+layer is frozen, so its weight needs no gradient. Backward just scales the stored gradient: the logits are
+computed once, not recomputed. Peak extra memory: one chunk of logits, chunk × vocab × 4 bytes × 2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .packing import IGNORE
+
+LOGIT_BUDGET = 1 << 26
+"""Logit elements per chunk (256 MiB in fp32): 523 tokens of a 128k vocabulary, 1365 of a 49k one."""
+
+
+def chunk_tokens(vocab: int, budget: int = LOGIT_BUDGET) -> int:
+    """Tokens per chunk for a vocabulary size."""
+    return max(16, budget // max(vocab, 1))
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk, softcap, compute_dtype):  # noqa: ANN001, ANN205
+        need_grad = ctx.needs_input_grad[0]
+        weight = weight.to(compute_dtype or weight.dtype)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.zeros_like(hidden) if need_grad else None
+        for i in range(0, hidden.shape[0], chunk):
+            h = hidden[i: i + chunk]
+            t = targets[i: i + chunk]
+            logits = (h.to(weight.dtype) @ weight.t()).to(torch.float32)
+            if softcap:
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if need_grad:
+                probs = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+                probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                if softcap:
+                    probs.mul_(1.0 - capped.square())
+                grad[i: i + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad if need_grad else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205 - autograd signature
+        (grad,) = ctx.saved_tensors
+        return (grad * g.to(grad.dtype) if grad is not None else None), None, None, None, None, None
+
+
+def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                    chunk: int | None = None, softcap: float | None = None,
+                    compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Sum of cross-entropy over positions with targets != IGNORE; hidden [..., H], targets [...], weight [V, H].
+
+    `compute_dtype` is the dtype of the output-layer products (default: the weight's); softmax is fp32.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1)
+    keep = t != IGNORE
+    h, t = h[keep], t[keep]
+    if t.numel() == 0:
+        return hidden.sum() * 0.0
+    return _ChunkedLoss.apply(h, weight.detach(), t, chunk or chunk_tokens(weight.shape[0]), softcap or 0.0,
+                              compute_dtype)
