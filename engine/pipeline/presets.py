@@ -24,6 +24,7 @@ class Preset:
     eval_tokens: int
     eval_window: int
     formats: tuple[str, ...] = ("int4_g128", "int2_g64")
+    cpu_calib_overrides: tuple[tuple[str, int], ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-ready (recorded in bitsmith.json's recipe)."""
@@ -31,7 +32,12 @@ class Preset:
 
 
 PRESETS = {
-    "demo": Preset("demo", 4, 256, "rtn", "demo", eval_tokens=8192, eval_window=512),
+    # on a CPU the demo calibrates lighter than engine/calibrate's "demo" (20 iters × 16 samples, ~155 s of
+    # one core for SmolLM2 in tests/benchmarks/bench_calibrate.py) so the whole demo stays near 3 minutes
+    "demo": Preset(
+        "demo", 4, 256, "rtn", "demo", eval_tokens=8192, eval_window=512,
+        cpu_calib_overrides=(("iters", 12), ("samples", 8)),
+    ),
     "default": Preset("default", 16, 512, "rtn", "default", eval_tokens=32768, eval_window=512),
     "best": Preset("best", 32, 1024, "rtn", "best", eval_tokens=0, eval_window=1024),
 }

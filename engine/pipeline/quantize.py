@@ -176,7 +176,8 @@ def _calibrate(ctx, model, tok, calib_ids, formats, preset: Preset, partial: Pat
     from bitsmith.engine.calibrate import CalibConfig, calibrate_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = CalibConfig.preset(preset.calib_preset, device=device)
+    overrides = dict(preset.cpu_calib_overrides) if device == "cpu" else {}
+    config = CalibConfig.preset(preset.calib_preset, device=device, **overrides)
     windows = token_windows(calib_ids, config.samples, config.seq_len, seed=seed + 1)
     result = calibrate_model(
         model, windows, formats, config,
