@@ -221,3 +221,31 @@ def test_a_sentencepiece_style_vocabulary_tokenizes_like_transformers(tmp_path: 
     msgs = [{"role": "user", "content": "hi there"}]
     assert backend.render(msgs) == tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True,
                                                            return_dict=False)
+
+
+def test_a_model_without_chat_template_chats_as_a_plain_transcript(tmp_path: Path) -> None:
+    import copy
+
+    from bitsmith.engine.quant.store import save_quantized
+    from bitsmith.engine.runtime.llamacpp import LlamaCppBackend
+    from bitsmith.engine.runtime.native import NativeBackend
+    from bitsmith.engine.runtime.params import SamplingParams
+    from bitsmith.engine.runtime.session import ChatSession
+    from bitsmith.engine.runtime.template import PLAIN_STOPS
+
+    tok = copy.deepcopy(smollm_tokenizer())
+    tok.chat_template = None
+    model = tiny_model("llama", len(tok))
+    quantize_some(model, {"up_proj": "int4_g128"})
+    save_quantized(model, tok, tmp_path / "base")
+    export_gguf(tmp_path / "base", tmp_path / "base.gguf", verify_rows=0)
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hello"}]
+    backends = [NativeBackend.load(str(tmp_path / "base"), device="cpu"), LlamaCppBackend(tmp_path / "base.gguf")]
+    prompts = []
+    for backend in backends:
+        assert not backend.has_chat_template and backend.default_stops == PLAIN_STOPS
+        prompts.append(backend.render(msgs))
+        s = ChatSession(backend, system="S")
+        s.ask("Hello", SamplingParams(temperature=0, max_tokens=3))
+        assert s.last.completion_tokens <= 3
+    assert prompts[0] == prompts[1] == tok("S\n\nUser: Hello\nAssistant:", add_special_tokens=False)["input_ids"]
