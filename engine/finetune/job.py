@@ -48,7 +48,8 @@ def config_from_params(params: dict[str, Any]) -> TrainConfig:
     fields = {"method": str, "steps": int, "lr": float, "code_lr": float, "seq_len": int, "batch_size": int,
               "grad_accum": int, "warmup": int, "residual_bits": int, "max_move_frac": float, "lora_rank": int,
               "lora_alpha": float, "seed": int, "eval_every": int, "eval_tokens": int, "save_every": int,
-              "backend": str, "min_lr_ratio": float, "compute_dtype": str}
+              "backend": str, "min_lr_ratio": float, "compute_dtype": str,
+              "code_decay": float}
     kwargs = {k: _get(params, k, t) for k, t in fields.items() if params.get(k) is not None}
     if params.get("batch") is not None:
         kwargs["batch_size"] = _get(params, "batch", int)

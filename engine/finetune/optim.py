@@ -84,7 +84,8 @@ class CodeOptimizer:
     """Moves packed codes by whole steps from blocks of dW (see the module docstring)."""
 
     def __init__(self, lr: float, *, residual_bits: int = 4, beta2: float = 0.999, eps: float = 1e-30,
-                 clip: float = 1.0, max_move_frac: float | None = None, seed: int = 0) -> None:
+                 clip: float = 1.0, max_move_frac: float | None = None, decay: float = 0.0,
+                 seed: int = 0) -> None:
         if residual_bits not in RESIDUAL_BITS:
             raise ValueError(f"residual_bits must be one of {RESIDUAL_BITS}, got {residual_bits}")
         if lr < 0:
@@ -92,7 +93,9 @@ class CodeOptimizer:
         if max_move_frac is not None and not 0.0 < max_move_frac <= 1.0:
             raise ValueError(f"max_move_frac must be in (0, 1], got {max_move_frac}")
         self.lr, self.residual_bits, self.beta2, self.eps, self.clip = lr, residual_bits, beta2, eps, clip
-        self.max_move_frac = max_move_frac
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"the residual decay must be in [0, 1), got {decay}")
+        self.max_move_frac, self.decay = max_move_frac, decay
         self.seed = seed
         self.lr_scale = 1.0  # schedule factor × 1/accumulation, set by the trainer each step
         self.state: dict[str, dict[str, torch.Tensor]] = {}
@@ -181,13 +184,18 @@ class CodeOptimizer:
         rb = self.residual_bits
         unit = 1 << rb
         r1 = r0 + q.shape[1]
-        t = self._stochastic_round(delta)
         if rb:
-            t += unpack_residual(st["residual"][:, r0:r1], rb, q.shape[0])
+            o = unpack_residual(st["residual"][:, r0:r1], rb, q.shape[0])
+            if self.decay:  # leaky accumulation: the residual relaxes toward the centre of its code's bin
+                delta.add_(o - unit // 2, alpha=-self.decay * 256.0)
+            t = self._stochastic_round(delta)
+            t += o
+            del o
             t.add_(q, alpha=unit).clamp_(0, (maxq + 1) * unit - 1)
             new = t >> rb
         else:
-            new = t.add_(q).clamp_(0, maxq)
+            t = self._stochastic_round(delta).add_(q)
+            new = t.clamp(0, maxq)
         moving = new != q
         if self.max_move_frac is not None:
             cap = max(1, int(self.max_move_frac * q.numel()))

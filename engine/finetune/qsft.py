@@ -72,6 +72,7 @@ class TrainConfig:
     warmup: int | None = None  # None: 10 % of the steps, at most 100
     min_lr_ratio: float = 0.1
     residual_bits: int = 4
+    code_decay: float = 0.0  # Q-SFT: leak of the residual toward its bin's centre per update (0: pure accumulation)
     max_move_frac: float | None = None
     train_norms: bool = True
     lora_rank: int = 16
@@ -183,7 +184,8 @@ class Trainer:
             for layer in self.layers.values():
                 layer.cache_dequantized = self.device.type == "cpu"
             self.code_opt = CodeOptimizer(config.code_lr, residual_bits=config.residual_bits,
-                                          max_move_frac=config.max_move_frac, seed=config.seed)
+                                          max_move_frac=config.max_move_frac, decay=config.code_decay,
+                                          seed=config.seed)
             for layer in self.layers.values():
                 layer.code_optimizer = self.code_opt
             groups = [("scales", [(f"{n}.log_scales", m.log_scales) for n, m in self.layers.items()], config.lr),

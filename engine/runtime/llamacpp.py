@@ -74,8 +74,9 @@ def _recent_log() -> list[str]:
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def _read_kv(path: Path, wanted: set[str]) -> dict[str, Any]:
-    """The header keys in `wanted` (stops reading once they are found); ValueError on a malformed header."""
+def _read_kv(path: Path, wanted: set[str] | None, sizes: bool = False) -> dict[str, Any]:
+    """The header keys in `wanted` (stops once they are found; None: read every key). With `sizes`, also the
+    tensor table, returning "_expected_bytes": the file size its tensors need. ValueError on a malformed header."""
     import struct
 
     found: dict[str, Any] = {}
@@ -115,18 +116,39 @@ def _read_kv(path: Path, wanted: set[str]) -> dict[str, Any]:
         version = take("<I")
         if version not in (2, 3):
             raise ValueError(f"GGUF version {version} is not one llama.cpp reads")
-        take("<Q")
+        n_tensors = take("<Q")
         n_kv = take("<Q")
         for _ in range(min(n_kv, 1 << 20)):
             key = string()
             v = value(take("<I"))
-            if key in wanted:
+            if wanted is None or key in wanted:
                 found[key] = v
-                if key == "general.architecture":
+                if wanted is not None and key == "general.architecture":
                     wanted = wanted | {f"{v}.context_length", f"{v}.block_count"}
-                if wanted <= set(found):
+                if wanted is not None and wanted <= set(found):
                     break
+        if sizes:
+            found["_expected_bytes"] = _tensor_table_end(f, take, string, n_tensors,
+                                                         int(found.get("general.alignment") or 32))
     return found
+
+
+def _tensor_table_end(f: Any, take: Any, string: Any, n_tensors: int, align: int) -> int:
+    """Read the tensor infos after the key/values; return the byte size the file must have."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    end = 0
+    for _ in range(n_tensors):
+        string()
+        dims = [take("<Q") for _ in range(take("<I"))]
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(take("<I"))]
+        offset = take("<Q")
+        elements = 1
+        for d in dims:
+            elements *= d
+        end = max(end, offset + elements // block * size)
+    data_start = -(-f.tell() // align) * align
+    return data_start + end
 
 
 def read_gguf_header(path: Path) -> dict[str, Any]:
@@ -150,14 +172,16 @@ def read_gguf_header(path: Path) -> dict[str, Any]:
 
 
 def check_gguf_file(path: Path) -> None:
-    """Read the whole file's structure with the gguf package; BadInputError naming the damage if it fails."""
+    """Read the header and tensor table; BadInputError if they are damaged or the file is shorter than they say."""
     try:
-        from gguf import GGUFReader
-
-        GGUFReader(str(path))
-    except Exception as exc:  # noqa: BLE001 - a truncated or damaged file fails in many ways
-        raise BadInputError(f"{path.name} is damaged or truncated ({type(exc).__name__}: {exc})",
+        expected = _read_kv(path, None, sizes=True)["_expected_bytes"]
+    except Exception as exc:  # noqa: BLE001 - a damaged header fails in many ways
+        raise BadInputError(f"{path.name} is damaged ({type(exc).__name__}: {exc})",
                             "download or export the file again") from exc
+    actual = path.stat().st_size
+    if actual < expected:
+        raise BadInputError(f"{path.name} is truncated: its tensors need {expected} bytes, the file has {actual}",
+                            "the download or export did not finish: download or export the file again")
 
 
 def _explain_load_failure(path: Path, exc: Exception) -> BitsmithError:

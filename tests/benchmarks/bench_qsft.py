@@ -185,7 +185,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     for method in args.methods:
         params = {**common, "method": method, "out": str(Path(args.work) / f"ft-{method}")}
         if method == "qsft":
-            params.update(lr=args.lr_qsft, code_lr=args.code_lr, residual_bits=args.residual_bits)
+            params.update(lr=args.lr_qsft, code_lr=args.code_lr, residual_bits=args.residual_bits,
+                          code_decay=args.code_decay, max_move_frac=args.max_move_frac)
         else:
             params.update(lr=args.lr_lora, lora_rank=16, lora_alpha=32)
         if args.compute_dtype:
@@ -401,6 +402,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q.add_argument("--lr-qsft", type=float, default=None)
     q.add_argument("--code-lr", type=float, default=None)
     q.add_argument("--residual-bits", type=int, default=4)
+    q.add_argument("--code-decay", type=float, default=None)
+    q.add_argument("--max-move-frac", type=float, default=None)
     q.add_argument("--lr-lora", type=float, default=None)
     q.add_argument("--methods", nargs="+", default=["qsft", "lora"])
     q.add_argument("--threads", type=int, default=None)

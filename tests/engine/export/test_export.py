@@ -187,6 +187,7 @@ def test_bad_requests(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp-*"))  # nothing half-written is left behind
 
 
+@pytest.mark.slow
 def test_a_sentencepiece_style_vocabulary_tokenizes_like_transformers(tmp_path: Path) -> None:
     """Llama-2/Gemma-style BPE with byte fallback and "▁" word starts becomes a llama.cpp SPM vocabulary."""
     from tokenizers import Tokenizer, decoders, models, normalizers, trainers
@@ -223,6 +224,7 @@ def test_a_sentencepiece_style_vocabulary_tokenizes_like_transformers(tmp_path: 
                                                            return_dict=False)
 
 
+@pytest.mark.slow
 def test_a_model_without_chat_template_chats_as_a_plain_transcript(tmp_path: Path) -> None:
     import copy
 

@@ -147,3 +147,23 @@ def test_lr_schedule_warms_up_then_decays_by_cosine() -> None:
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert f[-1] == pytest.approx(0.1, abs=0.01) and lr_factor(55, total, warm, 0.1) == pytest.approx(0.55)
+
+
+def test_residual_decay_filters_noise_but_keeps_consistent_signal() -> None:
+    def moves(decay: float, consistent: bool) -> int:
+        layer = _layer("int4_g32", 64, 48)
+        opt = CodeOptimizer(lr=0.15, residual_bits=4, decay=decay, seed=5)
+        gen = torch.Generator().manual_seed(11)
+        sign = torch.where(torch.rand(64, 48, generator=gen) < 0.5, -1.0, 1.0)
+        total = 0
+        for _ in range(30):
+            noise = torch.where(torch.rand(64, 48, generator=gen) < 0.5, -1.0, 1.0)
+            _step(opt, layer, sign if consistent else noise)
+            total += opt.take_counts()[0]
+        return total
+
+    noise_plain, noise_leaky = moves(0.0, False), moves(0.2, False)
+    assert noise_leaky < 0.4 * noise_plain  # random-sign gradients move codes far less once the residual leaks
+    assert moves(0.2, True) > 0.5 * moves(0.0, True)  # a steady gradient still does
+    with pytest.raises(ValueError, match="decay"):
+        CodeOptimizer(lr=0.1, decay=1.0)

@@ -55,8 +55,8 @@ def test_a_file_that_is_not_gguf_or_is_damaged(tmp_path: Path, bundled_gguf: Pat
     with pytest.raises(BadInputError, match="not a GGUF file"):
         LlamaCppBackend(junk)
     cut = tmp_path / "cut.gguf"
-    cut.write_bytes(bundled_gguf.read_bytes()[: 5_000_000])
-    with pytest.raises(BadInputError, match="damaged or truncated") as info:
+    cut.write_bytes(bundled_gguf.read_bytes()[:-1000])  # an interrupted download
+    with pytest.raises(BadInputError, match="truncated") as info:
         LlamaCppBackend(cut)
     assert "again" in info.value.hint
     with pytest.raises(BadInputError, match="does not exist"):
