@@ -14,7 +14,14 @@ from collections.abc import Callable
 import torch
 
 from . import reference
-from .triton_utils import kernels_usable, tile_block_k_options, words_fit_groups
+from .triton_utils import (
+    autotune_enabled,
+    kernels_usable,
+    m_bucket,
+    pick_config,
+    tile_block_k_options,
+    words_fit_groups,
+)
 from .validate import check_activation, check_out, check_weight
 
 # Row counts at which each path takes over; see docs/benchmarks/kernels.md before changing them.
@@ -42,6 +49,37 @@ def choose_path(m: int, device: torch.device, bits: int, group_size: int) -> str
     if m <= SPLITK_MAX_M or not tile_block_k_options(bits, group_size):
         return "splitk"
     return "gemm"
+
+
+def eligible_paths(m: int, bits: int, group_size: int) -> list[str]:
+    """The fused paths that can serve `m` rows of this format on a GPU (the tuner picks among them)."""
+    paths = []
+    if words_fit_groups(bits, group_size):
+        if m <= GEMV_MAX_M:
+            paths.append("gemv")
+        if m <= 4 * SPLITK_MAX_M:
+            paths.append("splitk")
+    if m >= 16 and tile_block_k_options(bits, group_size):
+        paths.append("gemm")
+    return paths
+
+
+def pick_path(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+              group_size: int, in_features: int, out: torch.Tensor | None = None) -> str:
+    """The path for this call: the heuristic of `choose_path`, or on a CUDA GPU with tuning on, the fastest
+    eligible path for this shape, timed once per process (kernel speed depends on N, K and the GPU, and the
+    crossover points measured on an H100 differ by shape: docs/benchmarks/kernels.md)."""
+    m = x2.shape[0]
+    path = choose_path(m, x2.device, bits, group_size)
+    if x2.device.type != "cuda" or path not in ("gemv", "splitk", "gemm") or not autotune_enabled():
+        return path
+    others = [p for p in eligible_paths(m, bits, group_size) if p != path]
+    if not others:
+        return path
+    key = ("path", m_bucket(m), qweight.shape[1], in_features, bits, group_size, x2.dtype, str(x2.device))
+    cands = [{"path": p} for p in [path, *others]]
+    return pick_config(key, cands, lambda c: run_path(c["path"], x2, qweight, scales, zeros, bits, group_size,
+                                                      in_features, out))["path"]
 
 
 def run_path(
@@ -108,8 +146,8 @@ def quant_matmul(
         out2 = out.view(m, n)
     if m == 0 or n == 0:
         return out if out is not None else x.new_empty((*lead, n))
-    y = run_path(choose_path(m, x.device, bits, group_size), x2, qweight, scales, zeros, bits, group_size,
-                 in_features, out2)
+    path = pick_path(x2, qweight, scales, zeros, bits, group_size, in_features, out2)
+    y = run_path(path, x2, qweight, scales, zeros, bits, group_size, in_features, out2)
     return out if out is not None else y.view(*lead, n)
 
 

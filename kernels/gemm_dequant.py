@@ -1,9 +1,11 @@
 """Large-batch (M >= ~64) low-bit GEMM: dequantize a weight tile in registers, then tl.dot on tensor cores.
 
-`out[BM, BN] += x[BM, BK] @ deq(W).T[BK, BN]`. Each packed word of the [BK/p, BN] block is loaded once
-and unpacked into a [BK/p, p, BN] tile (`unpack_kn`), scaled, cast to the activation dtype and reshaped
-to [BK, BN]; Triton stores it straight into the shared-memory layout the tensor cores read, and the
-activations stream in through its software pipeline. A K block lies inside one group, so scales and
+`out[BM, BN] += x[BM, BK] @ deq(W).T[BK, BN]`. Two ways to unpack, chosen per shape by the tuner
+(`UNPACK`): 0 loads each packed word of the [BK/p, BN] block once and unpacks it into a [BK/p, p, BN] tile
+(`unpack_kn`) that is scaled, cast and reshaped to [BK, BN]; 1 loads the [BK, BN] tile of words with each
+word repeated p times along K (the repeats hit L1) and shifts every element by its own (k mod p) * b, so
+the tile is born in the [BK, BN] layout with no reshape. The activations stream in through Triton's
+software pipeline. A K block lies inside one group, so scales and
 zeros are one row per block. Programs are ordered in groups of GROUP_M row blocks for L2 reuse.
 """
 
@@ -46,6 +48,7 @@ def _gemm_dequant_kernel(
     BLOCK_KW: tl.constexpr,
     GROUP_M: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    UNPACK: tl.constexpr,
 ):
     P: tl.constexpr = 32 // BITS
     BLOCK_K: tl.constexpr = BLOCK_KW * P
@@ -70,15 +73,23 @@ def _gemm_dequant_kernel(
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for c in range(tl.cdiv(K, BLOCK_K)):
-        kw = c * BLOCK_KW + offs_i
-        w = tl.load(qw_ptr + kw[:, None] * N + offs_n[None, :], mask=(kw < kw_total)[:, None] & n_ok[None, :],
-                    other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
         g = (c * BLOCK_K) // GROUP
         s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         zs = tl.load(z_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32) * s
-        q3 = unpack_kn(w, code_mask, BITS)
-        wt = tl.reshape((q3 * s[None, None, :] - zs[None, None, :]).to(x_ty), [BLOCK_K, BLOCK_N])
         offs_k = c * BLOCK_K + tl.arange(0, BLOCK_K)
+        if UNPACK == 0:
+            kw = c * BLOCK_KW + offs_i
+            w = tl.load(qw_ptr + kw[:, None] * N + offs_n[None, :], mask=(kw < kw_total)[:, None] & n_ok[None, :],
+                        other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+            q3 = unpack_kn(w, code_mask, BITS)
+            wt = tl.reshape((q3 * s[None, None, :] - zs[None, None, :]).to(x_ty), [BLOCK_K, BLOCK_N])
+        else:
+            kr = offs_k // P
+            w = tl.load(qw_ptr + kr[:, None] * N + offs_n[None, :], mask=(kr < kw_total)[:, None] & n_ok[None, :],
+                        other=0).to(tl.uint32, bitcast=True)
+            shift = ((offs_k % P) * BITS).to(tl.uint32)
+            q = ((w >> shift[:, None]) & code_mask.to(tl.uint32)).to(tl.float32)
+            wt = (q * s[None, :] - zs[None, :]).to(x_ty)
         xt = tl.load(x_rows + offs_k[None, :], mask=m_ok[:, None] & (offs_k < K)[None, :], other=0.0)
         acc = tl.dot(xt, wt, acc, input_precision=DOT_PRECISION)
 
@@ -100,17 +111,19 @@ def candidates(m: int, n: int, k: int, bits: int, group_size: int) -> list[Confi
     if interpreter_active():
         bk = next(b for b in bks[::-1] if b >= min(64, bks[0]))
         return [dict(BLOCK_M=min(64, m_cap), BLOCK_N=min(64, n_cap), BLOCK_KW=bk // p, GROUP_M=8, num_warps=4,
-                     num_stages=1)]
+                     num_stages=1, UNPACK=unpack) for unpack in (0, 1)]
     out, seen = [], set()
-    for bm, bn, bk_pref, warps, stages in [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
-                                           (64, 128, 64, 4, 4), (128, 128, 128, 8, 3), (64, 256, 64, 8, 4)]:
-        bm, bn = min(bm, m_cap), min(bn, n_cap)
-        bk = next((b for b in bks if b <= bk_pref), bks[-1])
-        key = (bm, bn, bk, warps, stages)
-        if key not in seen:
-            seen.add(key)
-            out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_KW=bk // p, GROUP_M=8, num_warps=warps,
-                            num_stages=stages))
+    for unpack in (1, 0):
+        for bm, bn, bk_pref, warps, stages in [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
+                                               (128, 128, 128, 8, 3), (64, 256, 64, 8, 4), (128, 64, 64, 4, 4),
+                                               (64, 128, 128, 4, 3), (128, 128, 32, 8, 4)]:
+            bm, bn = min(bm, m_cap), min(bn, n_cap)
+            bk = next((b for b in bks if b <= bk_pref), bks[-1])
+            key = (bm, bn, bk, warps, stages, unpack)
+            if key not in seen:
+                seen.add(key)
+                out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_KW=bk // p, GROUP_M=8, num_warps=warps,
+                                num_stages=stages, UNPACK=unpack))
     return out
 
 
@@ -151,6 +164,7 @@ def gemm_dequant(
             x, qweight, scales, zeros, out, m, n, in_features, x.stride(0), n, (1 << bits) - 1,
             BITS=bits, GROUP=group_size, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
             BLOCK_KW=cfg["BLOCK_KW"], GROUP_M=cfg["GROUP_M"], DOT_PRECISION=dot_precision(x.dtype),
+            UNPACK=cfg.get("UNPACK", 0),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
         return out

@@ -317,6 +317,11 @@ class LlamaCppBackend:
         """Tokens from llama.cpp's sampler; its KV cache keeps the prefix shared with the previous turn."""
         self.llm.last_n_tokens_size = params.repeat_last_n
         self.llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
+        if params.seed is not None:
+            # A seeded answer must replay exactly. Reusing the cached prefix re-evaluates the prompt's last
+            # token on its own, whose logits differ from the whole-prompt batch in the last bits; at
+            # temperature 1 that once flipped a draw (CI, 2026-11-22). Evaluate the whole prompt instead.
+            self.llm.reset()
         yield from self.llm.generate(
             list(prompt_ids), top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
             temp=0.0 if params.greedy else params.temperature, repeat_penalty=params.repetition_penalty,

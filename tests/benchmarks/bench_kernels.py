@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from bitsmith.kernels import reference  # noqa: E402
 from bitsmith.kernels.dispatch import choose_path, quant_matmul, run_path  # noqa: E402
 from bitsmith.kernels.pack import pack_codes  # noqa: E402
-from bitsmith.kernels.triton_utils import tuned_configs  # noqa: E402
+from bitsmith.kernels.triton_utils import m_bucket, tuned_configs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "docs" / "benchmarks" / "kernels.md"
@@ -70,7 +70,7 @@ def paths_for(m: int) -> list[str]:
     out = []
     if m <= 4:
         out.append("gemv")
-    if m <= 64:
+    if m <= 256:
         out.append("splitk")
     if m >= 16:
         out.append("gemm")
@@ -198,6 +198,9 @@ def bench_case(n, k, m, fmt, dtype_name, device, timer, gen) -> dict:
             entry.update(correct=False, error=f"{type(exc).__name__}: {exc}"[:300])
         row["variants"][name] = entry
         del weights, xs, outs, calls
+    picked = tuned_configs().get(("path", m_bucket(m), n, k, bits, group, dtype, str(x0.device)))
+    if picked:  # the dispatcher timed the eligible paths for this shape and kept the fastest
+        row["auto_path"] = picked["path"]
     cublas = row["variants"]["cublas"].get("us")
     for entry in row["variants"].values():
         if cublas and entry.get("us"):

@@ -208,3 +208,16 @@ def test_hardware_never_imports_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_recorded_h100_replays_to_the_profile_it_gave() -> None:
+    """NVML's answers on a real H100 (tests/benchmarks/record_nvml.py, 2026-11-22), replayed through the fake,
+    give the GPU facts that detect() reported on that machine in the same run."""
+    recording = json.loads((Path(__file__).parent / "fixtures" / "nvml_h100.json").read_text())
+    profile = detect(nvml=fake_nvml.from_recording(recording["nvml"]))
+    real = recording["profile"]
+    assert [g.to_dict() if hasattr(g, "to_dict") else g for g in profile.to_dict()["gpus"]] == real["gpus"]
+    assert (profile.nvidia_driver, profile.cuda_driver_version) == (real["nvidia_driver"], real["cuda_driver_version"])
+    assert profile.best_device == real["best_device"] == "cuda:0"
+    [gpu] = profile.gpus
+    assert gpu.name == "NVIDIA H100 80GB HBM3" and gpu.compute_capability == (9, 0)

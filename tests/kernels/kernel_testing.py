@@ -9,6 +9,7 @@ the output and, in tensor-core paths, of the dequantized weight: ~3e-4 seen), bf
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,9 @@ FORMATS = [(4, 128), (2, 64), (8, 128)]
 # (N, K): K not a multiple of the group (576 = 4.5 x 128) nor of the codes per word (198), N not a
 # multiple of any block size.
 SHAPES = [(72, 576), (100, 198)]
+# Where operands live: the CPU under the Triton interpreter; the GPU when the kernels are compiled
+# (BITSMITH_TEST_GPU=1), so the same tests check the compiled kernels too.
+DEVICE = "cuda" if os.environ.get("BITSMITH_TEST_GPU") == "1" and torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -52,22 +56,23 @@ class Maker:
         self.seed = int(torch.seed()) % (2**63)
         self.gen = torch.Generator().manual_seed(self.seed)
 
-    def weight(self, n: int, k: int, bits: int, group_size: int, dtype=torch.float32, device="cpu") -> QWeight:
+    def weight(self, n: int, k: int, bits: int, group_size: int, dtype=torch.float32, device=None) -> QWeight:
         codes = torch.randint(0, 1 << bits, (n, k), generator=self.gen, dtype=torch.int64)
         groups = (k + group_size - 1) // group_size
         top = (1 << bits) - 1
         scales = (torch.rand(groups, n, generator=self.gen) * 1.5 + 0.25) / top
         zeros = torch.rand(groups, n, generator=self.gen) * top  # fractional, as calibrated zeros may be
+        device = device or DEVICE
         return QWeight(pack_codes(codes, bits).to(device), scales.to(dtype).to(device),
                        zeros.to(dtype).to(device), bits, group_size, k, codes)
 
-    def act(self, *shape: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-        return torch.randn(*shape, generator=self.gen).to(dtype).to(device)
+    def act(self, *shape: int, dtype=torch.float32, device=None) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.gen).to(dtype).to(device or DEVICE)
 
 
-def poisoned(*shape: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+def poisoned(*shape: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """A buffer full of NaN: any element a kernel forgets to write fails the comparison."""
-    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.full(shape, float("nan"), dtype=dtype, device=device or DEVICE)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

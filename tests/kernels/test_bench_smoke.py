@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "benchmarks" / "bench_kernels.py"
 DOCS = REPO / "docs" / "benchmarks" / "kernels.md"
@@ -18,6 +20,7 @@ def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
+@pytest.mark.skipif(os.environ.get("BITSMITH_TEST_GPU") == "1", reason="the smoke run is for the CPU interpreter")
 def test_smoke_run(tmp_path) -> None:
     before = _digest(DOCS)
     md, js = tmp_path / "k.md", tmp_path / "k.json"

@@ -89,3 +89,18 @@ def test_speed_sanity(make) -> None:
     fused = do_bench(lambda: run_path("gemv", x, *w.args), return_mode="median")
     dense = do_bench(lambda: run_path("dense", x, *w.args), return_mode="median")
     assert fused < dense, f"GEMV {fused * 1e3:.1f} us is not faster than dequantize+matmul {dense * 1e3:.1f} us"
+
+
+def test_the_tuned_path_is_eligible_and_correct(make) -> None:
+    """quant_matmul times the eligible paths per shape on a GPU; whichever it keeps must be right."""
+    from bitsmith.kernels.dispatch import eligible_paths
+    from bitsmith.kernels.triton_utils import m_bucket, tuned_configs
+
+    w = make.weight(2048, 1024, 4, 128, torch.float16, "cuda")
+    for m in (1, 4, 16, 64, 256):
+        x = make.act(m, 1024, dtype=torch.float16, device="cuda")
+        out = quant_matmul(x, *w.args, out=poisoned(m, 2048, dtype=torch.float16, device="cuda"))
+        assert rel_err(out, reference.matmul(x.float(), *w.args)) < TOL[torch.float16]
+        picked = tuned_configs().get(("path", m_bucket(m), 2048, 1024, 4, 128, torch.float16, "cuda:0"))
+        if picked is not None:
+            assert picked["path"] in eligible_paths(m, 4, 128)

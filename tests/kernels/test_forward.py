@@ -51,6 +51,18 @@ def test_gemm_dequant(make, bits, group, n, k, m, dtype) -> None:
     _check(gemm_dequant, make, bits, group, n, k, m, dtype)
 
 
+@pytest.mark.parametrize("bits,group", FORMATS)
+def test_gemm_dequant_every_candidate_config(make, bits, group) -> None:
+    """Each configuration the tuner may pick (both ways of unpacking codes) computes the same product."""
+    from bitsmith.kernels.gemm_dequant import candidates
+
+    n, k, m = 72, 576, 20
+    configs = candidates(m, n, k, bits, group)
+    assert {c["UNPACK"] for c in configs} == {0, 1}
+    for config in configs:
+        _check(gemm_dequant, make, bits, group, n, k, m, torch.float16, config=config)
+
+
 SPLIT_CONFIGS = {
     gemv: dict(BLOCK_N=64, BLOCK_KW=16, num_warps=4, num_stages=1, waves=1),
     gemm_splitk: dict(BLOCK_M=16, BLOCK_N=64, BLOCK_KW=16, num_warps=4, num_stages=1, waves=1),
