@@ -34,6 +34,7 @@ JOB_MODULES: dict[str, str] = {
     "finetune": "bitsmith.engine.finetune.job",
     "chat": "bitsmith.engine.runtime.job",
     "export": "bitsmith.engine.export.job",
+    "import": "bitsmith.engine.pipeline.importing",
 }
 EXTRA_MODULES_ENV = "BITSMITH_EXTRA_JOB_MODULES"
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -189,6 +189,7 @@ def save_quantized(
             "format_version": FORMAT_VERSION,
             "source": source or {},
             "layout": layout,
+            "shapes": {n: [m.out_features, m.in_features] for n, m in model.named_modules() if n in layout},
             "bpw": model_bpw(model),
             "kept_dtype": kept_dtype,
             "recipe": recipe or {},
