@@ -31,6 +31,13 @@ LOGIT_BYTES = 4        # logits are upcast to fp32
 PREFILL_CHUNK = 512    # prompt tokens per forward when chat fills its KV cache
 CE_CHUNK = 1024        # tokens per chunk of Q-SFT's cross-entropy
 CALIB_MINIBATCH = 8    # calibration samples per step through one block (AutoRound's default batch)
+QSFT_RESIDUAL_BITS = 4  # Q-SFT's default residual per weight (engine/finetune/optim.py)
+QSFT_UPDATE_TEMP_BYTES = 6 * 4 * (1 << 24)  # the code update works in 16M-element blocks, ~6 fp32/int32 copies
+# Measured on an H100 (docs/benchmarks/qsft.md, 2026-11-22), an 8B-shaped Q-SFT step at sequence 2048 peaks at
+# 10.26 GiB at 2.5 bpw (these terms: 10.65) and 12.55 GiB at 4.0 bpw, 1.5 GiB more than the terms explain; the gap
+# grows with the INT4 share of the layout, so a margin proportional to that share covers it (4.0 bpw: 12.8 GiB)
+# until the missing term is found, and a plan never promises a fit that then runs out of memory.
+QSFT_INT4_MARGIN = 0.15
 N_FORMATS = 4          # candidate formats scored per linear by the measure stage
 
 # Host memory of a CPU process once torch 2.13 (CPU) and transformers 5.23 are imported, and what its
@@ -303,28 +310,36 @@ def _calibrate(info: ModelInfo, bpw: float, kind: str, seq_len: int, calib_sampl
     return need
 
 
+def _int4_share(bpw: float) -> float:
+    """Share of INT4/g128 (4.25 bpw) against INT2/g64 (2.5 bpw) layers in a layout that meets `bpw`
+    (smooth, so more bits never need less memory)."""
+    return min(1.0, max(0.0, (bpw - 2.5) / (4.25 - 2.5)))
+
+
 def _stats_per_weight(bpw: float) -> float:
-    """Scales + zeros per weight for a layout at `bpw`: a mix of INT2/g64 (2.5 bpw) and INT4/g128 (4.25 bpw)
-    layers in the proportion that meets the budget (smooth, so more bits never need less memory)."""
-    int4_share = min(1.0, max(0.0, (bpw - 2.5) / (4.25 - 2.5)))
-    return (1 - int4_share) * 2 / 64 + int4_share * 2 / 128
+    """Scales + zeros per weight for a layout at `bpw` (see _int4_share)."""
+    share = _int4_share(bpw)
+    return (1 - share) * 2 / 64 + share * 2 / 128
 
 
 def _qsft(info: ModelInfo, bpw: float, kind: str, seq_len: int, batch: int) -> _Need:
     h, _, _, _, v = _dims(info)
     acc, host = _runtime(kind)
-    n_stats = int(info.linear_params * _stats_per_weight(bpw))
+    n_scales = int(info.linear_params * _stats_per_weight(bpw) / 2)  # Adam trains the scales; zeros are codes
     tokens = seq_len * batch
-    need = _Need(
-        must={**acc, "weights": quantized_bytes(info, bpw),
-              "stats_optimizer": n_stats * (4 + 4),  # fp32 Adam moments; gradients live one layer at a time
-              "weight_grad": info.largest_linear * 4,  # one layer's fp32 gradient, applied at once
-              "checkpoints": info.num_layers * tokens * h * ACT_BYTES,
-              "block_recompute": tokens * _train_token_bytes(info),
-              "cross_entropy": min(CE_CHUNK, tokens) * v * LOGIT_BYTES * 2 + tokens * h * ACT_BYTES * 2},
-        host=host,
-        disk=2 * quantized_bytes(info, bpw),
-    )
+    must = {
+        "weights": quantized_bytes(info, bpw),
+        "code_residual": info.linear_params * QSFT_RESIDUAL_BITS // 8,  # sub-step accumulators of the codes
+        "code_moments": sum(4 * (lin.out_features + lin.in_features) for lin in info.linears),  # factored, fp32
+        "stats_optimizer": n_scales * 12,  # fp32 log-scales + Adam m, v; gradients live one layer at a time
+        "weight_grad": info.largest_linear * 4,  # one layer's fp32 gradient, applied at once
+        "code_update_temporaries": QSFT_UPDATE_TEMP_BYTES,
+        "checkpoints": info.num_layers * tokens * h * ACT_BYTES,
+        "block_recompute": tokens * _train_token_bytes(info),
+        "cross_entropy": min(CE_CHUNK, tokens) * v * LOGIT_BYTES * 2 + tokens * h * ACT_BYTES * 2,
+    }
+    must["margin"] = int(QSFT_INT4_MARGIN * _int4_share(bpw) * sum(must.values()))
+    need = _Need(must={**acc, **must}, host=host, disk=2 * quantized_bytes(info, bpw))
     need.notes.append("codes updated inside the backward pass; activations recomputed per block; "
                       f"cross-entropy in chunks of {CE_CHUNK} tokens; embeddings and lm_head frozen")
     return need

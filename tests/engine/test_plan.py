@@ -225,3 +225,18 @@ def test_cli_plan_gguf(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["plan"]["device"] == "cpu" and data["plan"]["stages"]["chat"]["verdict"] == "cpu"
     info = dataclasses.replace(ModelInfo.from_config(LLAMA3_8B), linears=())
     assert quantized_bytes(info, 4.25) > 0
+
+
+@pytest.mark.parametrize("bpw,measured_gib", [(2.5, 10.51), (4.0, 12.61)])
+def test_qsft_estimate_covers_the_measured_h100_peak(bpw: float, measured_gib: float) -> None:
+    """An 8B-shaped Q-SFT step at sequence 2048 peaked at these reserved GiB on an H100 (docs/benchmarks/qsft.md,
+    2026-11-22): the planner must not promise less, nor ask for much more."""
+    from bitsmith.engine import plan as planner
+
+    info = ModelInfo.from_config({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+        "max_position_embeddings": 8192, "tie_word_embeddings": False})
+    need = planner._qsft(info, bpw, "cuda", 2048, 1).must
+    estimate = (sum(need.values()) - need["cuda_context"]) / GIB
+    assert measured_gib <= estimate <= 1.12 * measured_gib
