@@ -7,10 +7,12 @@ tables), which covers Llama, Qwen2/2.5/3, Mistral, Phi-3 and Gemma layouts alike
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,26 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+@contextlib.contextmanager
+def _no_gguf_progress_bar() -> Iterator[None]:
+    """Silence transformers' GGUF conversion bar (plain tqdm, which disable_progress_bar does not reach): in a
+    job's log it is hundreds of carriage-return updates; the job reports the load stage itself."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = lambda iterable=None, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def gguf_to_hf_folder(gguf_path: Path, trust_remote_code: bool = False) -> Path:
     """Dequantize a GGUF once into a cached HF folder (safetensors + tokenizer) and return its path."""
     stat = gguf_path.stat()
@@ -70,10 +92,11 @@ def gguf_to_hf_folder(gguf_path: Path, trust_remote_code: bool = False) -> Path:
 
     _quiet_transformers()
     try:
-        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
+        with _no_gguf_progress_bar():
+            tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=trust_remote_code
+            )
     except (ValueError, KeyError, OSError) as exc:
         raise UnsupportedModelError(
             f"transformers cannot load {gguf_path.name}: {exc}",

@@ -24,6 +24,17 @@ def eval_job(ctx: JobContext, params: dict[str, Any]) -> None:
     ctx.stage("load", total=1)
     model, tok, meta = load_any(str(model_src))
     ctx.progress(1)
+    if params.get("tasks"):
+        from bitsmith.engine.eval.lm_eval_bridge import parse_tasks, run_tasks
+
+        tasks = parse_tasks(str(params["tasks"]))
+        ctx.stage("tasks", total=None)
+        ctx.log(f"lm-eval zero-shot: {', '.join(tasks)}" + (f" (first {limit} examples each)" if limit else ""))
+        results = run_tasks(model, tok, tasks, limit=limit or None)
+        for task, row in results.items():
+            ctx.metric("acc", row.get("acc"), task=task, acc_norm=row.get("acc_norm"))
+        ctx.emit({"event": "result", "tasks": results, "model": str(model_src)})
+        return
     ids = eval_tokens(tok, str(text), limit)
     ctx.stage("evaluate", total=None)
     res = perplexity(
