@@ -317,16 +317,26 @@ class LlamaCppBackend:
         """Tokens from llama.cpp's sampler; its KV cache keeps the prefix shared with the previous turn."""
         self.llm.last_n_tokens_size = params.repeat_last_n
         self.llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
-        if params.seed is not None:
-            # A seeded answer must replay exactly. Reusing the cached prefix re-evaluates the prompt's last
-            # token on its own, whose logits differ from the whole-prompt batch in the last bits; at
-            # temperature 1 that once flipped a draw (CI, 2026-11-22). Evaluate the whole prompt instead.
+        if params.seed is not None or self._prompt_is_cached(prompt_ids):
+            # The same request must give the same answer (a seeded one, or a regenerate). When the whole prompt
+            # is already cached, llama-cpp-python re-evaluates its last token on its own, whose logits differ
+            # from the whole-prompt batch in the last bits: that flipped a seeded draw at temperature 1 (CI,
+            # 2026-11-22) and a greedy answer on regenerate. Evaluate the whole prompt instead. A new turn
+            # (a longer prompt) still reuses the cached conversation.
             self.llm.reset()
         yield from self.llm.generate(
             list(prompt_ids), top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
             temp=0.0 if params.greedy else params.temperature, repeat_penalty=params.repetition_penalty,
             reset=True,
         )
+
+    def _prompt_is_cached(self, prompt_ids: list[int]) -> bool:
+        """Whether the KV cache already holds all of `prompt_ids` (a regenerate or a replayed request)."""
+        n = int(getattr(self.llm, "n_tokens", 0) or 0)
+        cached = getattr(self.llm, "_input_ids", None)
+        if cached is None or not prompt_ids or len(prompt_ids) > n:
+            return False
+        return [int(t) for t in cached[: len(prompt_ids)]] == [int(t) for t in prompt_ids]
 
     def logits(self, ids: list[int]):  # noqa: ANN201 - numpy array [len(ids), vocab]
         """Logits of every position (needs logits_all=True at load), for fidelity checks."""

@@ -100,3 +100,11 @@ def test_a_missing_llama_cpp_install_says_how_to_get_it(monkeypatch: pytest.Monk
 def test_a_context_beyond_the_model_limit(bundled_gguf: Path) -> None:
     with pytest.raises(BadInputError, match="8192"):
         LlamaCppBackend(bundled_gguf, n_ctx=100_000)
+
+
+@pytest.mark.slow
+def test_greedy_regenerate_replays(backend: LlamaCppBackend) -> None:
+    """Asking the same thing again on a warm cache (what the app's Regenerate does) gives the same greedy answer."""
+    params = SamplingParams(temperature=0, max_tokens=12)
+    answers = {ChatSession(backend).ask("Name a colour.", params) for _ in range(3)}
+    assert len(answers) == 1
