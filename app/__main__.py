@@ -1,0 +1,5 @@
+"""`python -m bitsmith.app` starts the desktop app."""
+
+from bitsmith.app.main import main
+
+raise SystemExit(main())

