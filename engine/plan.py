@@ -252,11 +252,10 @@ def _block_other_bytes(info: ModelInfo) -> int:
     return max(0, info.other_params - embeddings) // max(info.num_layers, 1) * 2
 
 
-def _streamed_source_bytes(info: ModelInfo) -> int:
-    """RAM for the source while it is processed block by block: the embeddings plus two blocks in 16 bits
-    (the one being worked on and the next, read ahead from the memory-mapped safetensors)."""
-    block = info.block_linear_params * 2 + _block_other_bytes(info)
-    return info.vocab_size * info.hidden_size * 2 + 2 * block
+def _pipeline_host(info: ModelInfo) -> dict[str, int]:
+    """RAM the quantize pipeline holds throughout: today the whole model in fp32 (engine/pipeline/quantize.py
+    loads it so; a block-by-block loader would cut this to the embeddings and two blocks in 16 bits)."""
+    return {"model_fp32": info.total_params * 4}
 
 
 def _runtime(kind: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -285,11 +284,11 @@ def _measure(info: ModelInfo, kind: str, seq_len: int, calib_samples: int) -> _N
               "error_eval": 2 * 4 * info.largest_linear,  # fp32 weight and its error for one format
               "activations": CALIB_MINIBATCH * seq_len * _infer_token_bytes(info)},
         prefer={"calibration_stream": 2 * calib_samples * seq_len * h * ACT_BYTES},
-        host={**host, "source_weights": _streamed_source_bytes(info)},
+        host={**host, **_pipeline_host(info), "weight_grads": info.linear_params * 4},
         disk=max(len(info.linears), 7 * info.num_layers) * N_FORMATS * 8,
     )
-    need.notes.append("one decoder block at a time, read from the memory-mapped source; calibration "
-                      "activations stay on the accelerator if room")
+    need.notes.append("the full-precision model is held in RAM in fp32 (block-by-block loading is not built "
+                      "yet); the sensitivity pass keeps fp32 gradients of the linears")
     return need
 
 
@@ -302,11 +301,11 @@ def _calibrate(info: ModelInfo, bpw: float, kind: str, seq_len: int, calib_sampl
               "rounding_state": blk * (4 + 4 + 2),  # fp32 offsets + their gradients + dequantized weights
               "activations": CALIB_MINIBATCH * seq_len * _train_token_bytes(info)},
         prefer={"calibration_stream": 3 * calib_samples * seq_len * h * ACT_BYTES},
-        host={**host, "source_weights": _streamed_source_bytes(info)},
+        host={**host, **_pipeline_host(info)},
         disk=quantized_bytes(info, bpw),
     )
     need.notes.append(f"{calib_samples} samples × {seq_len} tokens; fp inputs, quantized-stream inputs and "
-                      "targets kept per block")
+                      "targets kept per block; one block on the accelerator at a time")
     return need
 
 
