@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-text", default="stdlib:heldout", help="held-out text for perplexity")
     p.add_argument("--preset", default="default", choices=("demo", "default", "best"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--formats", default=None, help="comma-separated candidate formats for the layout search "
+                   "(default: the preset's, int4_g128,int2_g64), e.g. int4_g128_dq8,int2_g64_dq8")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code")
     p.add_argument("--json", action="store_true", help="print the job's events as JSON lines")
     p.set_defaults(func=_run)
@@ -31,6 +33,6 @@ def _run(args: argparse.Namespace) -> int:
     params = {
         "source": args.source, "bpw": args.bpw, "out": args.out, "calib": args.calib,
         "eval_text": args.eval_text, "preset": args.preset, "seed": args.seed,
-        "trust_remote_code": args.trust_remote_code,
+        "trust_remote_code": args.trust_remote_code, "formats": args.formats,
     }
     return run_job_cli("quantize", params, json_mode=args.json)

@@ -7,6 +7,7 @@ in `<out>/../.<name>.partial`, so running the same command again resumes where i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -40,6 +41,26 @@ def _param(params: dict[str, Any], name: str, kind: type, default: Any = None) -
         raise BadInputError(f"{name} must be a {kind.__name__}, got {value!r}") from None
 
 
+def candidate_formats(value: str | list[str]) -> tuple[str, ...]:
+    """The layout search's candidate formats from 'a,b' or a list; BadInputError for an unknown or unpackable one."""
+    from bitsmith.engine.quant.spec import parse_spec
+
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if len(names) < 1:
+        raise BadInputError("no candidate format given", "pass e.g. --formats int4_g128,int2_g64")
+    out = []
+    for name in names:
+        try:
+            spec = parse_spec(name)
+        except ValueError as exc:
+            raise BadInputError(f"unknown format {name!r}: {exc}",
+                                "formats look like int4_g128, int2_g64_dq8") from None
+        if not spec.packable:
+            raise BadInputError(f"{name}: {spec.bits}-bit codes have no kernel", "use 2-, 4- or 8-bit formats")
+        out.append(spec.name)
+    return tuple(dict.fromkeys(out))
+
+
 def eval_tokens(tokenizer: Any, source: str, limit: int) -> torch.Tensor:
     """Held-out tokens for perplexity: the text source tokenized, the first `limit` tokens (0: all)."""
     ids = tokenizer(load_text(source))["input_ids"]
@@ -65,6 +86,8 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     bpw = _param(params, "bpw", float)
     out = Path(_param(params, "out", str)).expanduser().resolve()
     preset: Preset = get_preset(_param(params, "preset", str, "default"))
+    if params.get("formats"):
+        preset = dataclasses.replace(preset, formats=candidate_formats(params["formats"]))
     calib_source = _param(params, "calib", str, "stdlib")
     eval_source = _param(params, "eval_text", str, "stdlib:heldout")
     seed = _param(params, "seed", int, 0)
@@ -171,14 +194,26 @@ def _search(ctx: JobContext, measurement: Measurement, bpw: float, fp_nll: float
     return layout
 
 
+def calibration_settings(preset: Preset, device: str):
+    """The CalibConfig a preset calibrates with on `device` ("cpu" applies the preset's CPU overrides)."""
+    from bitsmith.engine.calibrate import CalibConfig
+
+    overrides = dict(preset.cpu_calib_overrides) if device == "cpu" else {}
+    return CalibConfig.preset(preset.calib_preset, device=device, **overrides)
+
+
+def calibration_samples(calib_ids: list[int], config: Any, seed: int) -> list[list[int]]:
+    """The token windows calibration trains on (benchmarks feed peers the very same ones)."""
+    return token_windows(calib_ids, config.samples, config.seq_len, seed=seed + 1)
+
+
 def _calibrate(ctx, model, tok, calib_ids, formats, preset: Preset, partial: Path, seed: int) -> dict:
     """Block-wise calibration of the layout, resumable from `partial`."""
-    from bitsmith.engine.calibrate import CalibConfig, calibrate_model
+    from bitsmith.engine.calibrate import calibrate_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    overrides = dict(preset.cpu_calib_overrides) if device == "cpu" else {}
-    config = CalibConfig.preset(preset.calib_preset, device=device, **overrides)
-    windows = token_windows(calib_ids, config.samples, config.seq_len, seed=seed + 1)
+    config = calibration_settings(preset, device)
+    windows = calibration_samples(calib_ids, config, seed)
     result = calibrate_model(
         model, windows, formats, config,
         checkpoint_dir=partial / "calibrate",
