@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +180,24 @@ class Services:
         self.env = dict(env or {})
         self.settings = settings or Settings(self.data_dir / SETTINGS_FILE)
         self.jobs = JobManager(self.env)
+        chosen = self.settings.get("models_dir")
+        if isinstance(chosen, str) and chosen:  # the Settings page's models folder, for the workers too
+            self.jobs.env[paths.MODELS_ENV] = chosen
         self.hardware = HardwareMonitor(self.jobs)
         self._chat_store: Any = None
+        # Set by the main window: show page `name` and return it (how "Chat with it" reaches the chat page).
+        self.open_page: Callable[[str], Any] | None = None
+
+    def models_dir(self) -> Path:
+        """Where models live: the Settings page's choice, else BITSMITH_MODELS_DIR or <data dir>/models."""
+        chosen = self.settings.get("models_dir")
+        if isinstance(chosen, str) and chosen:
+            return Path(chosen).expanduser()
+        return paths.models_dir({**os.environ, **self.env})
+
+    def jobs_dir(self) -> Path:
+        """The folder with one sub-folder per job."""
+        return paths.jobs_dir({**os.environ, **self.env})
 
     @property
     def data_dir(self) -> Path:

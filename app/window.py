@@ -116,6 +116,7 @@ class MainWindow(QMainWindow):
     def __init__(self, services: Services) -> None:
         super().__init__()
         self.services = services
+        services.open_page = self._open_page
         self.setWindowTitle("Bitsmith")
         self.setMinimumSize(720, 480)
         self.pages: dict[str, QWidget] = {}
@@ -206,6 +207,10 @@ class MainWindow(QMainWindow):
             self.stack.removeWidget(old)
             old.deleteLater()
             self.pages[name] = widget
+        return self.pages[name]
+
+    def _open_page(self, name: str) -> QWidget:
+        self.show_page(name)
         return self.pages[name]
 
     def current_page_name(self) -> str:

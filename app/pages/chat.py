@@ -37,6 +37,8 @@ from ..chat.store import ChatStore, Conversation, Message, StoreError
 from ..chat.widgets import MessageView
 from ..services import Services
 
+EXTRA_SAMPLING_KEYS = ("top_k", "min_p", "repetition_penalty")  # set on the Settings page, not per chat
+
 RECENT_KEY = "chat/recent_models"
 MAX_RECENT = 8
 _OPEN_FILE, _OPEN_FOLDER = "__open_file__", "__open_folder__"
@@ -473,7 +475,9 @@ class ChatPage(QWidget):
     def current_sampling(self) -> dict[str, Any]:
         """The sampling settings shown in the panel."""
         seed = self.seed.value()
-        return {"temperature": round(self.temperature.value(), 3), "top_p": round(self.top_p.value(), 3),
+        extra = self.settings.get("chat/sampling_defaults") or {}  # top-k, min-p, repetition penalty (Settings page)
+        return {**{k: extra[k] for k in EXTRA_SAMPLING_KEYS if k in extra},
+                "temperature": round(self.temperature.value(), 3), "top_p": round(self.top_p.value(), 3),
                 "max_tokens": self.max_tokens.value(), "seed": None if seed < 0 else seed}
 
     def _save_settings(self) -> None:

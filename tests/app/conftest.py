@@ -43,3 +43,20 @@ def open_window(qtbot):  # noqa: ANN001, ANN201
         return window
 
     return make
+
+
+@pytest.fixture
+def gpu_profile():  # noqa: ANN201
+    """A factory: a hardware-job profile dict for a machine with one NVIDIA GPU (default 8 GB, 7 free)."""
+    from bitsmith.engine.hardware import CpuInfo, GpuInfo, HardwareProfile
+
+    gib = 2**30
+
+    def make(free_gb: float = 7.0, total_gb: float = 8.0) -> dict:
+        hw = HardwareProfile(cpu=CpuInfo("Test CPU", "x86_64", 8, 16), ram_total_bytes=32 * gib,
+                             ram_available_bytes=24 * gib,
+                             gpus=[GpuInfo(0, "NVIDIA GeForce RTX 4060", int(total_gb * gib), int(free_gb * gib))],
+                             disk_path="/", disk_free_bytes=500 * gib, os="Linux")
+        return hw.to_dict()
+
+    return make

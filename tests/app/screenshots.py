@@ -2,14 +2,19 @@
 
     QT_QPA_PLATFORM=offscreen python tests/app/screenshots.py [--out docs/screenshots] [--theme light|dark]
 
-The chat page shows a real answer: the bundled SmolLM2 GGUF runs in a worker through llama.cpp. Everything
-lives in a temporary BITSMITH_HOME, so the user's own chats and settings are never touched.
+The chat page shows a real answer: the bundled SmolLM2 GGUF runs in a worker through llama.cpp. The Models page
+searches the local fake Hub (tests/engine/hub_server.py) serving header-only repos with real models' shapes, so
+its fit badges are the planner's real verdicts. `--library PATH...` copies model folders or .gguf files (e.g. a
+demo quantize's output) into the models folder first. Everything lives in a temporary BITSMITH_HOME, so the
+user's own chats and settings are never touched.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -29,14 +34,44 @@ def _wait(app, until, timeout_s: float) -> bool:  # noqa: ANN001
     return False
 
 
+def _load(name: str, path: Path):  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def start_fake_hub():  # noqa: ANN201
+    """The fake Hub with a few repos shaped like real models; HF_ENDPOINT points at it."""
+    hub_server = _load("bitsmith_shots_hub_server", ROOT / "tests" / "engine" / "hub_server.py")
+    fake_models = _load("bitsmith_shots_fake_models", ROOT / "tests" / "app" / "fake_models.py")
+    hub = hub_server.FakeHub()
+    repos = {**fake_models.SHAPES,
+             "acme/llama-3b-instruct": (28, 3072, 8192, 24, 8, 128256),
+             "acme/llama-1b-instruct": (16, 2048, 8192, 32, 8, 128256)}
+    for i, (repo, shape) in enumerate(repos.items()):
+        hub.add(repo, fake_models.llama_files(*shape), downloads=90_000 // (i + 1), license="llama3.1")
+    hub.start()
+    os.environ["HF_ENDPOINT"] = hub.url
+    os.environ["HF_HUB_OFFLINE"] = "0"
+    return hub
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     parser.add_argument("--theme", default="light", choices=("light", "dark"))
     parser.add_argument("--prompt", default="Write a Python function that returns the square of a number.")
+    parser.add_argument("--library", nargs="*", default=[], help="model folders or .gguf files to show")
     args = parser.parse_args()
     home = tempfile.mkdtemp(prefix="bitsmith-shots-")
     os.environ["BITSMITH_HOME"] = home
+    models_dir = Path(home) / "models"
+    models_dir.mkdir(parents=True)
+    for item in map(Path, args.library):
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, models_dir / item.name)
+    hub = start_fake_hub()
 
     from PySide6.QtWidgets import QApplication
 
@@ -67,6 +102,21 @@ def main() -> int:
         print("the answer did not finish within 300 s", file=sys.stderr)
     _wait(app, lambda: False, 0.3)
 
+    quantize = window.page("quantize")  # the wizard at its budget step, for the bundled model
+    window.show_page("quantize")
+    quantize.next()
+    if not _wait(app, lambda: quantize.step() == 1, 60):
+        print("the bundled model's shape could not be read within 60 s", file=sys.stderr)
+    quantize.next()
+    quantize.preset_buttons[2.5].click()
+
+    models = window.page("models")  # a search as a user would type it, with fit badges for this machine
+    window.show_page("models")
+    models.search_edit.setText("llama")
+    _wait(app, lambda: models.hub_table.rowCount() > 0 and not models.searching, 60)
+    if models.library:
+        models.lib_table.selectRow(0)
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.theme == "light" else "-dark"
@@ -77,6 +127,7 @@ def main() -> int:
         window.grab().save(str(path))
         print(path)
     window.close()
+    hub.stop()
     return 0
 
 

@@ -1,0 +1,249 @@
+"""The Fine-tune page: a quantized model from the library, a dataset file, the method (Q-SFT or LoRA) and its
+settings with the planner's memory estimate, then the `finetune` job with a live loss chart, log and cancel.
+Running the same output again resumes from the job's checkpoints (the engine keeps them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..charts import LineChart
+from ..qtjob import QtJob
+from .models import scan_library
+
+METHODS = (("qsft", "Q-SFT — tune the quantized codes themselves (full fine-tune, low memory)"),
+           ("lora", "LoRA — small adapters on top of the frozen quantized model"))
+DEFAULT_LR = {"qsft": 1e-3, "lora": 5e-4}
+
+
+def memory_estimate(model_dir: Path, bpw: float, seq_len: int, profile: dict[str, Any] | None) -> str:
+    """The planner's Q-SFT estimate for this model, sequence length and machine, as a sentence."""
+    from bitsmith.engine.modelinfo import ModelInfo
+    from bitsmith.engine.plan import plan_model
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    info = ModelInfo.from_config(config, model_id=model_dir.name)
+    if profile is None:
+        return "Waiting for hardware detection…"
+    from bitsmith.engine.hardware import HardwareProfile
+
+    est = plan_model(info, max(bpw, 2.0), HardwareProfile.from_dict(profile), seq_len=seq_len).stages["qsft"]
+    if est.verdict == "gpu":
+        return f"Needs about {est.gpu_gb:.2f} GB of GPU memory: fits this GPU."
+    if est.verdict == "offload":
+        return f"Needs more than the GPU has: {est.gap_gb:.2f} GB would spill to RAM (slow)."
+    if est.verdict == "cpu":
+        return f"Runs on the CPU with about {est.cpu_gb:.2f} GB of RAM (slow for big models)."
+    return f"Won't fit this machine: {est.gap_gb:.2f} GB short. Lower the sequence length."
+
+
+class FinetunePage(QWidget):
+    """The form, then the run (see the module docstring)."""
+
+    def __init__(self, services: Any) -> None:
+        super().__init__()
+        self.services = services
+        self.job: QtJob | None = None
+        self.result: dict[str, Any] | None = None
+        v = QVBoxLayout(self)
+        v.setContentsMargins(18, 14, 18, 12)
+        title = QLabel("Fine-tune a quantized model on your data")
+        title.setStyleSheet("font-size: 17px; font-weight: 600;")
+        v.addWidget(title)
+        form = QFormLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.currentIndexChanged.connect(self.update_estimate)
+        form.addRow("Model", self.model_combo)
+        row = QHBoxLayout()
+        self.data_edit = QLineEdit()
+        self.data_edit.setPlaceholderText("a .jsonl file of chats / instructions, or a .txt file of plain text")
+        browse = QPushButton("Choose…")
+        browse.clicked.connect(self._browse_data)
+        row.addWidget(self.data_edit, 1)
+        row.addWidget(browse)
+        form.addRow("Dataset", row)
+        self.method_combo = QComboBox()
+        for key, text in METHODS:
+            self.method_combo.addItem(text, key)
+        self.method_combo.currentIndexChanged.connect(self._method_changed)
+        form.addRow("Method", self.method_combo)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 100_000)
+        self.steps_spin.setValue(200)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(6)
+        self.lr_spin.setRange(1e-6, 1.0)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(DEFAULT_LR["qsft"])
+        self.seq_spin = QSpinBox()
+        self.seq_spin.setRange(64, 32768)
+        self.seq_spin.setSingleStep(256)
+        self.seq_spin.setValue(512)
+        self.seq_spin.valueChanged.connect(self.update_estimate)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Sequence length", self.seq_spin)
+        self.estimate_label = QLabel("")
+        self.estimate_label.setWordWrap(True)
+        form.addRow("Memory", self.estimate_label)
+        v.addLayout(form)
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start fine-tuning")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.progress, 1)
+        v.addLayout(buttons)
+        v.addWidget(self.status)
+        lower = QHBoxLayout()
+        self.loss_chart = LineChart("Loss", "step", "loss")
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(3000)
+        self.log_view.setPlaceholderText("The job's log appears here.")
+        lower.addWidget(self.loss_chart, 1)
+        lower.addWidget(self.log_view, 1)
+        v.addLayout(lower, 1)
+        services.hardware.profile_changed.connect(lambda _p: self.update_estimate())
+        self.refresh_models()
+
+    def refresh_models(self) -> None:
+        """The quantized models of the library (fine-tuning works on Bitsmith folders)."""
+        current = self.model_combo.currentData()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for m in scan_library(self.services.models_dir()):
+            if m["kind"] == "Bitsmith":
+                bpw = f" · {m['bpw']:.2f} bpw" if isinstance(m.get("bpw"), float) else ""
+                self.model_combo.addItem(f"{m['name']}{bpw}", (str(m["path"]), m.get("bpw") or 4.0))
+        if self.model_combo.count() == 0:
+            self.model_combo.addItem("No quantized models yet — quantize one on the Quantize page", None)
+        index = self.model_combo.findData(current)
+        self.model_combo.setCurrentIndex(max(index, 0))
+        self.model_combo.blockSignals(False)
+        self.update_estimate()
+
+    def use_model(self, path: str) -> None:
+        """Select a library model by folder (what the Quantize results' "Fine-tune it" calls)."""
+        self.refresh_models()
+        for i in range(self.model_combo.count()):
+            data = self.model_combo.itemData(i)
+            if data and Path(data[0]) == Path(path):
+                self.model_combo.setCurrentIndex(i)
+                return
+
+    def _browse_data(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a dataset", str(Path.home()),
+                                              "Datasets (*.jsonl *.json *.txt);;All files (*)")
+        if path:
+            self.data_edit.setText(path)
+
+    def _method_changed(self) -> None:
+        self.lr_spin.setValue(DEFAULT_LR[self.method_combo.currentData()])
+
+    def update_estimate(self) -> None:
+        """Recompute the planner's memory estimate for the chosen model and sequence length."""
+        data = self.model_combo.currentData()
+        if not data:
+            self.estimate_label.setText("Choose a model first.")
+            self.start_button.setEnabled(False)
+            return
+        self.start_button.setEnabled(self.job is None or not self.job.running)
+        try:
+            self.estimate_label.setText(memory_estimate(Path(data[0]), float(data[1]), self.seq_spin.value(),
+                                                        self.services.hardware.profile))
+        except Exception as exc:  # noqa: BLE001 - the estimate is advice; the job still reports real errors
+            self.estimate_label.setText(f"No estimate for this model ({exc}).")
+
+    def job_params(self) -> dict[str, Any]:
+        """The finetune request the form describes."""
+        model = Path(self.model_combo.currentData()[0])
+        method = self.method_combo.currentData()
+        return {"model": str(model), "data": self.data_edit.text().strip(), "method": method,
+                "steps": self.steps_spin.value(), "lr": self.lr_spin.value(), "seq_len": self.seq_spin.value(),
+                "out": str(model.with_name(f"{model.name}-{method}"))}
+
+    def start(self) -> None:
+        """Start (or resume) the finetune job."""
+        if self.job is not None and self.job.running or not self.model_combo.currentData():
+            return
+        if not self.data_edit.text().strip():
+            self.status.setText("Choose a dataset file first.")
+            return
+        self.result = None
+        self.loss_chart.set_points([])
+        self.log_view.clear()
+        self.status.setText("Starting the worker…")
+        self.progress.setRange(0, 0)
+        self.job = self.services.jobs.start("finetune", self.job_params())
+        self.job.event.connect(self._on_event)
+        self.job.finished.connect(self._on_finished)
+        self.start_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+
+    def cancel(self) -> None:
+        """Stop at the next checkpoint."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.cancel_button.setEnabled(False)
+            self.status.setText("Stopping at the next checkpoint…")
+
+    def _on_event(self, ev: dict) -> None:
+        kind = ev.get("event")
+        if kind == "stage":
+            self.status.setText(f"Stage: {ev.get('stage')}")
+            self.progress.setRange(0, int(ev["total"]) if ev.get("total") else 0)
+        elif kind == "progress" and ev.get("total"):
+            self.progress.setRange(0, int(ev["total"]))
+            self.progress.setValue(int(ev.get("done") or 0))
+        elif kind == "metric" and ev.get("name") == "train_loss" and isinstance(ev.get("step"), int):
+            self.loss_chart.add_point(ev["step"], float(ev["value"]))
+        elif kind == "log":
+            self.log_view.appendPlainText(str(ev.get("message", "")))
+        elif kind == "error":
+            self.log_view.appendPlainText(f"[error] {ev.get('message', '')} {ev.get('hint', '')}")
+        elif kind == "result":
+            self.result = ev
+
+    def _on_finished(self, done: dict) -> None:
+        self.start_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        status = done.get("status")
+        if status == "ok":
+            self.progress.setValue(1)
+            self.status.setText("Finished: the tuned model is in your library (Models page).")
+            self.refresh_models()
+        elif status == "cancelled":
+            self.status.setText("Cancelled. Start again with the same settings to resume from the checkpoint.")
+        else:
+            err = self.job.errors[-1] if self.job and self.job.errors else {}
+            self.status.setText(f"Stopped with an error: {err.get('message', 'the worker ended unexpectedly')}. "
+                                f"{err.get('hint', '')}")
+
+    def on_shown(self) -> None:
+        """Pick up models quantized since the page was built."""
+        self.refresh_models()

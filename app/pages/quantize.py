@@ -1,0 +1,815 @@
+"""The Quantize wizard: model → hardware → budget → run → results, driving the engine's `quantize` job.
+
+The budget step's figures come from the torch-free planner (live while the slider moves); the run step shows
+the worker's stages, progress, ETA and log; the results step reads the finished folder's bitsmith.json
+(model_summary) and offers chat, GGUF export and the folder. Running the same output again resumes: the
+engine keeps per-block checkpoints next to the output.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QScrollArea,
+    QSlider,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..background import error_text, run_in_background
+from ..charts import LayoutChart, LineChart
+from ..qtjob import QtJob
+from . import quantize_budget as qb
+
+STEPS = ("Model", "Hardware", "Budget", "Run", "Results")
+PRESETS = (("demo", "Demo — a few minutes, rough"), ("default", "Default — balanced"),
+           ("best", "Best — slow, highest quality"))
+GIB = 2**30
+
+
+def _title(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setStyleSheet("font-size: 17px; font-weight: 600;")
+    return label
+
+
+def _muted(text: str = "") -> QLabel:
+    label = QLabel(text)
+    label.setObjectName("muted")
+    label.setWordWrap(True)
+    return label
+
+
+def load_model_info(source: str) -> Any:
+    """ModelInfo for 'bundled', a local folder / .gguf, or a Hub id (config and headers only, no weights)."""
+    from bitsmith.engine.modelinfo import ModelInfo
+
+    if source == "bundled":
+        from ..chat.models import bundled_path
+
+        path = bundled_path()
+        if path is None:
+            from bitsmith.engine.errors import BadInputError
+
+            raise BadInputError("the bundled demo model (SmolLM2) is not installed",
+                                "reinstall Bitsmith with its demo model, or pick another model")
+        return ModelInfo.from_gguf(path, "SmolLM2-135M-Instruct")
+    if Path(source).expanduser().exists():
+        return ModelInfo.from_path(Path(source).expanduser())
+    from bitsmith.engine.hub import fit_inputs
+
+    config, tensors = fit_inputs(source)
+    return ModelInfo.from_config(config, tensors, source)
+
+
+class StageRow(QWidget):
+    """One pipeline stage: its name, a progress bar and the ETA."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.name = QLabel(name)
+        self.name.setMinimumWidth(170)
+        self.bar = QProgressBar()
+        self.bar.setTextVisible(True)
+        self.eta = QLabel("")
+        self.eta.setMinimumWidth(110)
+        row.addWidget(self.name)
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.eta)
+
+    def set_progress(self, done: int | None, total: int | None, eta_s: float | None = None) -> None:
+        """Determinate when the total is known, else a busy bar."""
+        if total:
+            self.bar.setRange(0, int(total))
+            self.bar.setValue(min(int(done or 0), int(total)))
+            self.bar.setFormat(f"{done}/{total}")
+        else:
+            self.bar.setRange(0, 0)
+        text = qb.format_eta(eta_s)
+        self.eta.setText(f"ETA {text}" if text and total and (done or 0) < total else "")
+
+    def complete(self) -> None:
+        """Mark finished (100 %)."""
+        self.bar.setRange(0, 1)
+        self.bar.setValue(1)
+        self.bar.setFormat("done")
+        self.eta.setText("")
+
+
+class QuantizePage(QWidget):
+    """The wizard (see the module docstring)."""
+
+    def __init__(self, services: Any) -> None:
+        super().__init__()
+        self.services = services
+        self.info: Any = None
+        self.source: str | None = None
+        self.job: QtJob | None = None
+        self.export_job: QtJob | None = None
+        self.params: dict[str, Any] | None = None
+        self.metrics: dict[str, Any] = {}
+        self.result: dict[str, Any] | None = None
+        self.curve: list[tuple[float, float]] = []
+        self.summary: dict[str, Any] | None = None
+        self.stage_rows: dict[str, StageRow] = {}
+        self._out_edited = False
+        self._loading = False
+
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(18, 14, 18, 12)
+        crumbs = QHBoxLayout()
+        self.crumbs: list[QLabel] = []
+        for i, name in enumerate(STEPS):
+            label = QLabel(f"{i + 1}  {name}")
+            label.setContentsMargins(8, 4, 8, 4)
+            self.crumbs.append(label)
+            crumbs.addWidget(label)
+            if i < len(STEPS) - 1:
+                crumbs.addWidget(_muted("›"))
+        crumbs.addStretch(1)
+        outer.addLayout(crumbs)
+        line = QFrame()
+        line.setFrameShape(QFrame.Shape.HLine)
+        outer.addWidget(line)
+
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self._build_model_step())
+        self.stack.addWidget(self._build_hardware_step())
+        self.stack.addWidget(self._build_budget_step())
+        self.stack.addWidget(self._build_run_step())
+        self.stack.addWidget(self._build_results_step())
+        outer.addWidget(self.stack, 1)
+
+        nav = QHBoxLayout()
+        self.back_button = QPushButton("Back")
+        self.back_button.clicked.connect(self.back)
+        self.next_button = QPushButton("Next")
+        self.next_button.setDefault(True)
+        self.next_button.clicked.connect(self.next)
+        nav.addWidget(self.back_button)
+        nav.addStretch(1)
+        nav.addWidget(self.next_button)
+        outer.addLayout(nav)
+
+        services.hardware.profile_changed.connect(lambda _p: self._show_hardware())
+        self.go(0)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _build_model_step(self) -> QWidget:
+        page = QWidget()
+        v = QVBoxLayout(page)
+        v.addWidget(_title("Which model do you want to compress?"))
+        self.model_group = QButtonGroup(self)
+        self.bundled_radio = QRadioButton("SmolLM2-135M-Instruct — the bundled demo model (135 M parameters)")
+        self.local_radio = QRadioButton("A model on this computer (a Hugging Face folder or a .gguf file)")
+        self.hub_radio = QRadioButton("A model on the Hugging Face Hub")
+        for i, radio in enumerate((self.bundled_radio, self.local_radio, self.hub_radio)):
+            self.model_group.addButton(radio, i)
+        self.bundled_radio.setChecked(True)
+        v.addWidget(self.bundled_radio)
+        v.addWidget(self.local_radio)
+        row = QHBoxLayout()
+        row.setContentsMargins(24, 0, 0, 0)
+        self.local_edit = QLineEdit()
+        self.local_edit.setPlaceholderText("/path/to/model-folder or /path/to/model.gguf")
+        self.local_edit.textEdited.connect(lambda _t: self.local_radio.setChecked(True))
+        browse = QPushButton("Folder…")
+        browse.clicked.connect(self._browse_folder)
+        browse_file = QPushButton(".gguf file…")
+        browse_file.clicked.connect(self._browse_file)
+        row.addWidget(self.local_edit, 1)
+        row.addWidget(browse)
+        row.addWidget(browse_file)
+        v.addLayout(row)
+        v.addWidget(self.hub_radio)
+        self.hub_edit = QLineEdit()
+        self.hub_edit.setPlaceholderText("owner/name, e.g. HuggingFaceTB/SmolLM2-1.7B-Instruct")
+        self.hub_edit.textEdited.connect(lambda _t: self.hub_radio.setChecked(True))
+        hub_row = QHBoxLayout()
+        hub_row.setContentsMargins(24, 0, 0, 0)
+        hub_row.addWidget(self.hub_edit)
+        v.addLayout(hub_row)
+        self.model_status = _muted("")
+        v.addWidget(self.model_status)
+        v.addStretch(1)
+        return page
+
+    def _build_hardware_step(self) -> QWidget:
+        page = QWidget()
+        v = QVBoxLayout(page)
+        v.addWidget(_title("This computer"))
+        self.hardware_text = QLabel("Detecting hardware…")
+        self.hardware_text.setWordWrap(True)
+        self.hardware_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.hardware_text.setStyleSheet("font-family: monospace;")
+        v.addWidget(self.hardware_text)
+        self.hardware_note = _muted("")
+        v.addWidget(self.hardware_note)
+        redo = QPushButton("Detect again")
+        redo.clicked.connect(self.services.hardware.refresh)
+        row = QHBoxLayout()
+        row.addWidget(redo)
+        row.addStretch(1)
+        v.addLayout(row)
+        v.addStretch(1)
+        return page
+
+    def _build_budget_step(self) -> QWidget:
+        page = QWidget()
+        v = QVBoxLayout(page)
+        v.addWidget(_title("How many bits per weight?"))
+        v.addWidget(_muted("Fewer bits make a smaller, faster model; more bits keep more quality. The budget counts "
+                           "everything stored per quantized weight (codes, scales and zeros). Embeddings and norms "
+                           "stay in 16 bits."))
+        row = QHBoxLayout()
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setAccessibleName("Bits per weight")
+        self.slider.setRange(220, int(qb.MAX_BPW * 100))
+        self.slider.setPageStep(10)
+        self.bpw_spin = QDoubleSpinBox()
+        self.bpw_spin.setDecimals(2)
+        self.bpw_spin.setSingleStep(0.05)
+        self.bpw_spin.setSuffix(" bpw")
+        self.bpw_spin.setRange(2.2, qb.MAX_BPW)
+        self.slider.valueChanged.connect(lambda v_: self._set_bpw(v_ / 100))
+        self.bpw_spin.valueChanged.connect(self._set_bpw)
+        self.min_label = _muted("")
+        row.addWidget(self.min_label)
+        row.addWidget(self.slider, 1)
+        row.addWidget(_muted(f"{qb.MAX_BPW:g}"))
+        row.addWidget(self.bpw_spin)
+        v.addLayout(row)
+        presets = QHBoxLayout()
+        presets.addWidget(QLabel("Presets:"))
+        self.preset_buttons: dict[float, QPushButton] = {}
+        for b in qb.PRESET_BUDGETS:
+            button = QPushButton(f"{b:.1f} bpw")
+            button.clicked.connect(lambda _=False, b=b: self._set_bpw(b))
+            self.preset_buttons[b] = button
+            presets.addWidget(button)
+        presets.addStretch(1)
+        v.addLayout(presets)
+
+        grid = QGridLayout()
+        self.size_label = QLabel("")
+        self.size_label.setStyleSheet("font-size: 15px; font-weight: 600;")
+        self.vram_label = QLabel("")
+        self.vram_label.setStyleSheet("font-size: 15px; font-weight: 600;")
+        self.calib_label = _muted("")
+        grid.addWidget(_muted("Predicted size"), 0, 0)
+        grid.addWidget(self.size_label, 1, 0)
+        grid.addWidget(_muted("Chat on this machine"), 0, 1)
+        grid.addWidget(self.vram_label, 1, 1)
+        grid.addWidget(self.calib_label, 2, 0, 1, 2)
+        v.addLayout(grid)
+
+        form = QFormLayout()
+        self.preset_combo = QComboBox()
+        for key, text in PRESETS:
+            self.preset_combo.addItem(text, key)
+        self.preset_combo.setCurrentIndex(self.preset_combo.findData("default"))
+        form.addRow("Effort", self.preset_combo)
+        out_row = QHBoxLayout()
+        self.out_edit = QLineEdit()
+        self.out_edit.textEdited.connect(lambda _t: setattr(self, "_out_edited", True))
+        out_browse = QPushButton("…")
+        out_browse.clicked.connect(self._browse_out)
+        out_row.addWidget(self.out_edit, 1)
+        out_row.addWidget(out_browse)
+        form.addRow("Save to", out_row)
+        v.addLayout(form)
+        self.budget_curve = LineChart("", "bits per weight", "")
+        v.addWidget(self.budget_curve, 1)
+        v.addStretch(0)
+        default = float(self.services.settings.get("quantize/default_bpw", 2.5) or 2.5)
+        self._set_bpw(default)
+        return page
+
+    def _build_run_step(self) -> QWidget:
+        page = QWidget()
+        v = QVBoxLayout(page)
+        self.run_title = _title("Quantizing…")
+        v.addWidget(self.run_title)
+        self.run_status = _muted("")
+        v.addWidget(self.run_status)
+        self.stages_box = QVBoxLayout()
+        holder = QWidget()
+        holder.setLayout(self.stages_box)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(holder)
+        scroll.setMaximumHeight(240)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        v.addWidget(scroll)
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        self.log_view.setPlaceholderText("The job's log appears here.")
+        v.addWidget(self.log_view, 1)
+        row = QHBoxLayout()
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Run the same job again: it continues from its last checkpoint")
+        self.resume_button.clicked.connect(self.start)
+        self.resume_button.setVisible(False)
+        row.addWidget(self.cancel_button)
+        row.addWidget(self.resume_button)
+        row.addStretch(1)
+        v.addLayout(row)
+        return page
+
+    def _build_results_step(self) -> QWidget:
+        page = QWidget()
+        v = QVBoxLayout(page)
+        self.results_title = _title("Done")
+        v.addWidget(self.results_title)
+        grid = QGridLayout()
+        self.ppl_before = QLabel("–")
+        self.ppl_after = QLabel("–")
+        self.size_before = QLabel("–")
+        self.size_after = QLabel("–")
+        for w in (self.ppl_before, self.ppl_after, self.size_before, self.size_after):
+            w.setStyleSheet("font-size: 15px; font-weight: 600;")
+        grid.addWidget(_muted(""), 0, 0)
+        grid.addWidget(_muted("Before"), 0, 1)
+        grid.addWidget(_muted("After"), 0, 2)
+        grid.addWidget(QLabel("Perplexity (held-out text, lower is better)"), 1, 0)
+        grid.addWidget(self.ppl_before, 1, 1)
+        grid.addWidget(self.ppl_after, 1, 2)
+        grid.addWidget(QLabel("Size"), 2, 0)
+        grid.addWidget(self.size_before, 2, 1)
+        grid.addWidget(self.size_after, 2, 2)
+        grid.setColumnStretch(3, 1)
+        v.addLayout(grid)
+        self.results_note = _muted("")
+        v.addWidget(self.results_note)
+        charts = QHBoxLayout()
+        self.curve_chart = LineChart("Predicted quality vs budget (from the measurement, before calibration)",
+                                     "bits per weight", "perplexity")
+        self.curve_chart.log_y = True
+        self.layout_chart = LayoutChart()
+        charts.addWidget(self.curve_chart, 1)
+        charts.addWidget(self.layout_chart, 1)
+        v.addLayout(charts, 1)
+        row = QHBoxLayout()
+        self.chat_button = QPushButton("Chat with it")
+        self.chat_button.clicked.connect(self.chat_with_it)
+        self.finetune_button = QPushButton("Fine-tune it")
+        self.finetune_button.clicked.connect(self.finetune_it)
+        self.export_button = QPushButton("Export GGUF")
+        self.export_button.clicked.connect(self.export_gguf)
+        self.open_button = QPushButton("Open folder")
+        self.open_button.clicked.connect(self.open_folder)
+        self.new_button = QPushButton("Quantize another")
+        self.new_button.clicked.connect(lambda: self.go(0))
+        for b in (self.chat_button, self.finetune_button, self.export_button, self.open_button):
+            row.addWidget(b)
+        row.addStretch(1)
+        row.addWidget(self.new_button)
+        v.addLayout(row)
+        exp = QHBoxLayout()
+        self.export_bar = QProgressBar()
+        self.export_bar.setVisible(False)
+        self.export_status = _muted("")
+        exp.addWidget(self.export_bar, 1)
+        exp.addWidget(self.export_status, 2)
+        v.addLayout(exp)
+        return page
+
+    # -- navigation -------------------------------------------------------------------------------
+    def step(self) -> int:
+        """The index of the step shown (0 Model … 4 Results)."""
+        return self.stack.currentIndex()
+
+    def go(self, index: int) -> None:
+        """Show step `index` and set the buttons for it."""
+        self.stack.setCurrentIndex(index)
+        pal_hl = "background: palette(highlight); color: palette(highlighted-text); border-radius: 5px;"
+        for i, label in enumerate(self.crumbs):
+            label.setStyleSheet(pal_hl if i == index else ("font-weight: 600;" if i < index else ""))
+        running = self.job is not None and self.job.running
+        self.back_button.setVisible(index in (1, 2) or (index == 3 and not running))
+        self.next_button.setVisible(index in (0, 1, 2))
+        self.next_button.setText({2: "Start quantizing"}.get(index, "Next"))
+        if index == 1:
+            self._show_hardware()
+        if index == 2:
+            self._update_budget()
+
+    def back(self) -> None:
+        """One step back (the run step goes back to the budget)."""
+        self.go(max(0, min(self.step(), 3) - 1))
+
+    def next(self) -> None:
+        """Validate this step and go on."""
+        index = self.step()
+        if index == 0:
+            self._load_model()
+        elif index == 1:
+            self.go(2)
+        elif index == 2:
+            self.start()
+
+    def chosen_source(self) -> str | None:
+        """The model the first step names, or None (with a message) when it names none."""
+        if self.bundled_radio.isChecked():
+            return "bundled"
+        if self.local_radio.isChecked():
+            text = self.local_edit.text().strip()
+            if not text:
+                self.model_status.setText("Choose a model folder or a .gguf file first.")
+                return None
+            if not Path(text).expanduser().exists():
+                self.model_status.setText(f"{text} does not exist. Check the path or choose it with the buttons.")
+                return None
+            return str(Path(text).expanduser())
+        text = self.hub_edit.text().strip()
+        if "/" not in text:
+            self.model_status.setText("Type a Hub model id like owner/name.")
+            return None
+        return text
+
+    def _load_model(self) -> None:
+        source = self.chosen_source()
+        if source is None or self._loading:
+            return
+        self._loading = True
+        self.next_button.setEnabled(False)
+        self.model_status.setText("Reading the model's shape…")
+
+        def done(info: Any) -> None:
+            self._loading = False
+            self.next_button.setEnabled(True)
+            if source != self.source:
+                self._out_edited = False
+            self.info, self.source = info, source
+            self.model_status.setText(f"{info.model_id or qb.model_slug(source)}: "
+                                      f"{info.total_params / 1e6:,.0f} M parameters, {len(info.linears)} linear "
+                                      f"layers in {info.num_layers} blocks")
+            self._prepare_budget()
+            self.go(1)
+
+        def failed(exc: BaseException) -> None:
+            self._loading = False
+            self.next_button.setEnabled(True)
+            self.model_status.setText(f"Cannot use this model: {error_text(exc)}")
+
+        run_in_background(lambda: load_model_info(source), done, failed)
+
+    def _browse_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a model folder", str(Path.home()))
+        if path:
+            self.local_edit.setText(path)
+            self.local_radio.setChecked(True)
+
+    def _browse_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a GGUF file", str(Path.home()), "GGUF models (*.gguf)")
+        if path:
+            self.local_edit.setText(path)
+            self.local_radio.setChecked(True)
+
+    def _browse_out(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Save the model under", str(self.services.models_dir()))
+        if path and self.source:
+            self.out_edit.setText(str(qb.default_output(Path(path), self.source, self.bpw())))
+            self._out_edited = True
+
+    # -- hardware ---------------------------------------------------------------------------------
+    def _show_hardware(self) -> None:
+        profile = self.services.hardware.profile
+        if profile is None:
+            self.hardware_text.setText("Detecting hardware…")
+            self.hardware_note.setText(self.services.hardware.error or "")
+            self.services.hardware.refresh()
+            return
+        from bitsmith.engine.hardware import HardwareProfile, describe
+
+        self.hardware_text.setText(describe(HardwareProfile.from_dict(profile)))
+        device = profile.get("best_device", "cpu")
+        self.hardware_note.setText(
+            "Calibration and chat will use the GPU." if str(device).startswith(("cuda", "mps")) else
+            "No usable GPU was found: everything runs on the CPU. Small models (like the demo) are fine; "
+            "large ones are slow.")
+        if self.step() == 2:
+            self._update_budget()
+
+    # -- budget -----------------------------------------------------------------------------------
+    def _prepare_budget(self) -> None:
+        low = qb.min_feasible_bpw(self.info)
+        self.min_bpw = low
+        self.slider.blockSignals(True)
+        self.slider.setMinimum(int(round(low * 100)))
+        self.slider.blockSignals(False)
+        self.bpw_spin.blockSignals(True)
+        self.bpw_spin.setMinimum(low)
+        self.bpw_spin.blockSignals(False)
+        self.min_label.setText(f"{low:.2f}")
+        for b, button in self.preset_buttons.items():
+            button.setEnabled(b >= low)
+            button.setToolTip("" if b >= low else f"below the smallest layout of this model ({low:.2f} bpw)")
+        self._set_bpw(max(self.bpw(), low))
+        self._load_cached_curve()
+
+    def bpw(self) -> float:
+        """The chosen budget."""
+        return round(self.bpw_spin.value(), 2)
+
+    def _set_bpw(self, value: float) -> None:
+        value = round(min(max(float(value), self.bpw_spin.minimum()), qb.MAX_BPW), 2)
+        for w, v in ((self.slider, int(round(value * 100))), (self.bpw_spin, value)):
+            w.blockSignals(True)
+            w.setValue(v)
+            w.blockSignals(False)
+        self._update_budget()
+
+    def _update_budget(self) -> None:
+        if self.info is None or self.source is None:
+            self.size_label.setText("–")
+            self.vram_label.setText("Choose a model first")
+            return
+        fig = qb.figures(self.info, self.bpw(), self.services.hardware.profile,
+                         local=self.source == "bundled" or Path(self.source).exists())
+        self.figures = fig
+        self.size_label.setText(f"{fig.size_gb * 1024:,.0f} MB  (from {fig.source16_gb * 1024:,.0f} MB in 16 bits)"
+                                if fig.size_gb < 1 else f"{fig.size_gb:.2f} GB  (from {fig.source16_gb:.2f} GB)")
+        self.vram_label.setText(fig.chat_text())
+        if fig.calibrate_verdict is not None:
+            where = {"gpu": "on the GPU", "offload": "partly on the GPU", "cpu": "on the CPU (slow for big models)",
+                     "no_fit": "— not enough memory on this machine"}[fig.calibrate_verdict]
+            self.calib_label.setText(f"Calibration runs {where}.")
+        if not self._out_edited:
+            self.out_edit.setText(str(qb.default_output(self.services.models_dir(), self.source, self.bpw())))
+        self._draw_budget_chart()
+
+    def _draw_budget_chart(self) -> None:
+        """Predicted quality from this model's last measurement when there is one, else predicted size."""
+        chart = self.budget_curve
+        if self.curve:
+            chart.title, chart.y_label, chart.log_y = "Predicted perplexity (last measurement of this model)", \
+                "perplexity", True
+            chart.set_points(self.curve, self._curve_point(self.bpw()))
+            return
+        from bitsmith.engine.plan import quantized_bytes
+
+        chart.title = "Predicted size (quality is predicted after the first measurement of this model)"
+        chart.y_label, chart.log_y = "MB", False
+        low = int(round(self.slider.minimum()))
+        steps = sorted({*range(low, int(qb.MAX_BPW * 100), 5), int(qb.MAX_BPW * 100)})
+        pts = [(b / 100, quantized_bytes(self.info, b / 100) / 2**20) for b in steps]
+        now = self.bpw()
+        chart.set_points(pts, (now, quantized_bytes(self.info, now) / 2**20))
+
+    def _curve_point(self, bpw: float) -> tuple[float, float] | None:
+        pts = sorted(self.curve)
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            if x0 <= bpw <= x1 and x1 > x0:
+                return bpw, y0 + (y1 - y0) * (bpw - x0) / (x1 - x0)
+        return None
+
+    def _load_cached_curve(self) -> None:
+        """The predicted-quality curve a previous run of this model reported (job folders), if any."""
+        self.curve = []
+        key = f"quantize/curve/{self.source}"
+        saved = self.services.settings.get(key)
+        if isinstance(saved, list):
+            self.curve = [(float(a), float(b)) for a, b in saved]
+        self._draw_budget_chart()
+
+    # -- run --------------------------------------------------------------------------------------
+    def job_params(self) -> dict[str, Any]:
+        """The quantize request the budget step describes."""
+        return {"source": self.source, "bpw": self.bpw(), "out": self.out_edit.text().strip(),
+                "preset": self.preset_combo.currentData()}
+
+    def start(self) -> None:
+        """Start (or resume: same output) the quantize job and show the run step."""
+        if self.job is not None and self.job.running:
+            return
+        if self.source is None:
+            self.go(0)
+            return
+        if self.step() == 2 or self.params is None:
+            self.params = self.job_params()
+        if not self.params["out"]:
+            self.vram_label.setText("Choose where to save the model.")
+            return
+        for row in self.stage_rows.values():
+            row.deleteLater()
+        self.stage_rows.clear()
+        self.metrics, self.result, self.summary = {}, None, None
+        self.log_view.clear()
+        self._current_stage: str | None = None
+        resumed = self.job is not None and self.job.status != "ok" and self.job.params == self.params
+        self.run_title.setText(f"Quantizing {qb.model_slug(self.source)} to {self.params['bpw']:.2f} bpw")
+        self.run_status.setText("Resuming from the last checkpoint…" if resumed else "Starting the worker…")
+        self.resume_button.setVisible(False)
+        self.resume_button.setText("Resume")
+        self.cancel_button.setEnabled(True)
+        self.cancel_button.setVisible(True)
+        self._started = time.monotonic()
+        self.job = self.services.jobs.start("quantize", self.params)
+        self.job.event.connect(self._on_event)
+        self.job.finished.connect(self._on_finished)
+        self.go(3)
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next checkpoint."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.cancel_button.setEnabled(False)
+            self.run_status.setText("Stopping at the next checkpoint…")
+
+    def _row(self, stage: str) -> StageRow:
+        if stage not in self.stage_rows:
+            row = StageRow(stage)
+            self.stages_box.addWidget(row)
+            self.stage_rows[stage] = row
+        return self.stage_rows[stage]
+
+    def _enter_stage(self, stage: str, total: int | None) -> None:
+        if self._current_stage and self._current_stage != stage:
+            self.stage_rows[self._current_stage].complete()
+        self._current_stage = stage
+        self._row(stage).set_progress(0, total)
+        self.run_status.setText(f"Stage: {stage}")
+
+    def _on_event(self, ev: dict) -> None:
+        kind = ev.get("event")
+        if kind == "stage":
+            self._enter_stage(str(ev.get("stage") or ""), ev.get("total"))
+        elif kind == "progress":
+            stage = str(ev.get("stage") or "")
+            if stage != self._current_stage:
+                self._enter_stage(stage, ev.get("total"))
+            self._row(stage).set_progress(ev.get("done"), ev.get("total"), ev.get("eta_s"))
+        elif kind == "log":
+            self.log_view.appendPlainText(f"[{ev.get('level', 'info')}] {ev.get('message', '')}")
+        elif kind == "metric":
+            name = ev.get("name")
+            if name == "predicted_ppl_curve" and isinstance(ev.get("value"), list):
+                self.curve = [(float(a), float(b)) for a, b in ev["value"]]
+                if self.source:
+                    self.services.settings.set(f"quantize/curve/{self.source}", [list(p) for p in self.curve])
+            elif name == "ppl":
+                self.metrics[f"ppl_{ev.get('model', '')}"] = ev.get("value")
+                self.log_view.appendPlainText(f"perplexity ({ev.get('model')}): {float(ev['value']):.2f}")
+            else:
+                self.metrics[str(name)] = ev.get("value")
+        elif kind == "result":
+            self.result = ev
+        elif kind == "error":
+            self.log_view.appendPlainText(f"[error] {ev.get('message', '')}\n{ev.get('hint', '')}".rstrip())
+
+    def _on_finished(self, done: dict) -> None:
+        status = done.get("status")
+        self.cancel_button.setVisible(False)
+        if self._current_stage and status == "ok":
+            self.stage_rows[self._current_stage].complete()
+        if status == "ok" and self.result is not None:
+            self.run_status.setText(f"Finished in {qb.format_eta(time.monotonic() - self._started)}.")
+            self.show_results()
+            return
+        self.resume_button.setVisible(True)
+        self.back_button.setVisible(True)
+        if status == "cancelled":
+            self.run_title.setText("Cancelled")
+            self.run_status.setText("Stopped. Press Resume to continue from the last checkpoint; nothing done so "
+                                    "far is lost.")
+        else:
+            err = self.job.errors[-1] if self.job and self.job.errors else {}
+            self.run_title.setText("The job stopped with an error")
+            self.run_status.setText(f"{err.get('message', 'the worker ended unexpectedly')}. "
+                                    f"{err.get('hint', '')} Press Resume to try again from the last checkpoint.")
+            self.resume_button.setText("Try again")
+
+    # -- results ----------------------------------------------------------------------------------
+    def output_path(self) -> Path | None:
+        """The finished model's folder."""
+        if self.result and self.result.get("out"):
+            return Path(self.result["out"])
+        return None
+
+    def show_results(self) -> None:
+        """Fill the results step from the job's numbers and the saved folder, and show it."""
+        out = self.output_path()
+        assert out is not None and self.result is not None
+        from bitsmith.engine.model_summary import summarize
+
+        try:
+            self.summary = summarize(out)
+        except Exception as exc:  # noqa: BLE001 - a damaged folder is reported, the numbers still show
+            self.summary = None
+            self.results_note.setText(f"Could not read {out}: {error_text(exc)}")
+        self.results_title.setText(f"{qb.model_slug(self.source or '')} at {float(self.result['bpw']):.2f} bpw")
+        self.ppl_before.setText(f"{float(self.result['ppl_fp']):.2f}")
+        ratio = float(self.result["ppl"]) / float(self.result["ppl_fp"])
+        self.ppl_after.setText(f"{float(self.result['ppl']):.2f}  ({(ratio - 1) * 100:+.1f} %)")
+        if self.info is not None:
+            before = (self.info.linear_params + self.info.other_params) * 2
+            self.size_before.setText(f"{before / 2**20:,.0f} MB (16-bit)")
+        after = self.summary["size_bytes"] if self.summary else qb.folder_bytes(out)
+        self.size_after.setText(f"{after / 2**20:,.0f} MB")
+        if self.summary:
+            counts = ", ".join(f"{n} × {f}" for f, n in self.summary["format_counts"].items())
+            self.results_note.setText(f"Saved to {out}  ·  layout: {counts}  ·  "
+                                      f"{float(self.result.get('seconds', 0)):.0f} s")
+            self.layout_chart.set_layers(self.summary["layers"])
+        marker = None
+        if self.curve:
+            predicted = self.metrics.get("predicted_ppl")
+            marker = (float(self.result["bpw"]), float(predicted)) if predicted else None
+        self.curve_chart.measured = (float(self.result["bpw"]), float(self.result["ppl"]))
+        self.curve_chart.set_points(self.curve, marker)
+        self.export_bar.setVisible(False)
+        self.export_status.setText("")
+        self.go(4)
+
+    def chat_with_it(self) -> None:
+        """Open the chat page on the new model."""
+        out = self.output_path()
+        if out is None or self.services.open_page is None:
+            return
+        chat = self.services.open_page("chat")
+        use = getattr(chat, "use_model", None)
+        if callable(use):
+            use(str(out))
+
+    def finetune_it(self) -> None:
+        """Open the fine-tune page with the new model selected."""
+        out = self.output_path()
+        if out is None or self.services.open_page is None:
+            return
+        use = getattr(self.services.open_page("finetune"), "use_model", None)
+        if callable(use):
+            use(str(out))
+
+    def gguf_path(self) -> Path | None:
+        """Where Export GGUF writes: next to the folder, <name>.gguf."""
+        out = self.output_path()
+        return out.with_name(out.name + ".gguf") if out else None
+
+    def export_gguf(self) -> None:
+        """Run the export job (exact mode) and show its progress."""
+        target = self.gguf_path()
+        if target is None or (self.export_job is not None and self.export_job.running):
+            return
+        self.export_bar.setVisible(True)
+        self.export_bar.setRange(0, 0)
+        self.export_status.setText(f"Exporting to {target.name}…")
+        self.export_button.setEnabled(False)
+        job = self.services.jobs.start("export", {"model": str(self.output_path()), "out": str(target),
+                                                  "mode": "exact"})
+        job.event.connect(self._on_export_event)
+        job.finished.connect(self._on_export_finished)
+        self.export_job = job
+
+    def _on_export_event(self, ev: dict) -> None:
+        if ev.get("event") == "progress" and ev.get("total"):
+            self.export_bar.setRange(0, int(ev["total"]))
+            self.export_bar.setValue(int(ev.get("done") or 0))
+
+    def _on_export_finished(self, done: dict) -> None:
+        self.export_button.setEnabled(True)
+        self.export_bar.setVisible(False)
+        if done.get("status") == "ok":
+            target = self.gguf_path()
+            size = target.stat().st_size / 2**20 if target and target.exists() else 0
+            self.export_status.setText(f"Exported {target} ({size:,.0f} MB); llama.cpp and LM Studio can open it.")
+        else:
+            err = self.export_job.errors[-1] if self.export_job and self.export_job.errors else {}
+            self.export_status.setText(f"Export failed: {err.get('message', done.get('status'))}. "
+                                       f"{err.get('hint', '')}")
+
+    def open_folder(self) -> None:
+        """Show the model folder in the file manager."""
+        out = self.output_path()
+        if out is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(out)))
+
+    def on_shown(self) -> None:
+        """Refresh what depends on the hardware."""
+        if self.step() in (1, 2):
+            self.go(self.step())

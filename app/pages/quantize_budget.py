@@ -1,0 +1,107 @@
+"""The numbers behind the Quantize wizard's budget step, torch-free: the smallest feasible budget, the planner's
+size and chat-memory figures, and where the output goes. Kept apart from the widgets so tests can check them."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bitsmith.engine.modelinfo import ModelInfo
+from bitsmith.engine.quant.bpw import layer_bits
+from bitsmith.engine.quant.spec import parse_spec
+
+MAX_BPW = 4.25  # every layer INT4/g128: the top of the slider
+PRESET_BUDGETS = (2.2, 2.5, 3.0, 4.0)
+SMALLEST_FORMAT = "int2_g64"
+GIB = 2**30
+
+
+def min_feasible_bpw(info: ModelInfo, fmt: str = SMALLEST_FORMAT) -> float:
+    """The budget of the all-INT2 layout (codes + scales + zeros, shorter last groups included), rounded up
+    to a hundredth: no layout of the pipeline's formats goes below it."""
+    spec = parse_spec(fmt)
+    bits = weights = 0
+    for lin in info.linears:
+        lb = layer_bits(lin.out_features, lin.in_features, spec)
+        bits += lb.bpw * lin.out_features * lin.in_features
+        weights += lin.out_features * lin.in_features
+    return math.ceil(bits / max(weights, 1) * 100 - 1e-6) / 100
+
+
+@dataclass(frozen=True)
+class BudgetFigures:
+    """What the budget step shows for one budget."""
+
+    bpw: float
+    size_gb: float           # the quantized model (linears at bpw, the rest 16-bit)
+    source16_gb: float       # the same model with every weight in 16 bits
+    chat_verdict: str | None  # gpu / offload / cpu / no_fit, None before hardware is known
+    chat_gpu_gb: float | None
+    chat_ram_gb: float | None
+    chat_gap_gb: float | None
+    calibrate_verdict: str | None
+
+    def chat_text(self) -> str:
+        """A sentence about running the result in chat on this machine."""
+        if self.chat_verdict is None:
+            return "Waiting for hardware detection…"
+        if self.chat_verdict == "gpu":
+            return f"Chat runs on the GPU: {self.chat_gpu_gb:.2f} GB of VRAM"
+        if self.chat_verdict == "offload":
+            return (f"Chat runs partly on the GPU: {self.chat_gpu_gb:.2f} GB of VRAM, "
+                    f"{self.chat_gap_gb:.2f} GB spilled to RAM")
+        if self.chat_verdict == "cpu":
+            return f"Chat runs on the CPU: {self.chat_ram_gb:.2f} GB of RAM"
+        return f"Won't fit for chat: {self.chat_gap_gb:.2f} GB short"
+
+
+def figures(info: ModelInfo, bpw: float, profile: dict[str, Any] | None, *, local: bool) -> BudgetFigures:
+    """The planner's figures for `info` at `bpw` on the detected machine (`profile`, a hardware job's dict)."""
+    from bitsmith.engine.plan import plan_model, quantized_bytes
+
+    size = quantized_bytes(info, bpw) / GIB
+    src16 = (info.linear_params + info.other_params) * 2 / GIB
+    if profile is None:
+        return BudgetFigures(bpw, size, src16, None, None, None, None, None)
+    from bitsmith.engine.hardware import HardwareProfile
+
+    plan = plan_model(info, bpw, HardwareProfile.from_dict(profile), source_on_disk=local)
+    chat, calib = plan.stages["chat"], plan.stages["calibrate"]
+    return BudgetFigures(bpw, size, src16, chat.verdict, chat.gpu_gb, chat.cpu_gb, chat.gap_gb, calib.verdict)
+
+
+def model_slug(source: str) -> str:
+    """A folder-friendly name for a source: 'bundled', a path or a Hub id."""
+    if source == "bundled":
+        return "SmolLM2-135M-Instruct"
+    name = source.rstrip("/\\").replace("\\", "/").split("/")[-1]
+    if name.lower().endswith(".gguf"):
+        name = name[:-5]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def default_output(models_dir: Path, source: str, bpw: float) -> Path:
+    """<models dir>/<model>-<bpw>bpw: running the same model and budget again reuses (and resumes) it."""
+    return models_dir / f"{model_slug(source)}-{bpw:.2f}bpw"
+
+
+def format_eta(seconds: float | None) -> str:
+    """'1 h 02 min', '3 min 05 s', '12 s', or '' when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return ""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files in a folder (recursively), or of one file."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -1,0 +1,146 @@
+"""The Quantize wizard driven through its widgets: budget figures from the planner, cancel and resume of a real
+quantize job, and (slow) a whole demo run of the bundled SmolLM2 ending in results, chat and GGUF export."""
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from bitsmith.engine.hardware import HardwareProfile
+
+
+@pytest.fixture
+def page(qtbot, open_window, home: Path):  # noqa: ANN001, ANN201
+    window = open_window("quantize")  # after `home`: the window's settings live under the test's BITSMITH_HOME
+    page = window.pages["quantize"]
+    assert type(page).__name__ == "QuantizePage"
+    return page
+
+
+def _to_budget(qtbot, page, profile: dict | None = None) -> None:  # noqa: ANN001
+    if profile is not None:
+        page.services.hardware.profile = profile
+        page.services.hardware.profile_changed.emit(profile)
+    assert page.step() == 0 and page.bundled_radio.isChecked()
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.step() == 1, timeout=60_000)
+    if profile is not None:
+        assert "RTX 4060" in page.hardware_text.text()
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    assert page.step() == 2
+
+
+def test_budget_step_shows_the_planners_size_and_chat_memory(qtbot, page, home: Path, gpu_profile) -> None:  # noqa: ANN001
+    from bitsmith.app.chat.models import bundled_path
+    from bitsmith.engine.modelinfo import ModelInfo
+    from bitsmith.engine.plan import plan_model, quantized_bytes
+
+    if bundled_path() is None:
+        pytest.skip("the bundled SmolLM2 GGUF is not installed")
+    profile = gpu_profile()
+    _to_budget(qtbot, page, profile)
+    info = ModelInfo.from_gguf(bundled_path(), "SmolLM2-135M-Instruct")
+    # SmolLM2's hidden size 576 leaves shorter last groups: all-INT2 costs 2.29 bpw, so 2.2 is not offered.
+    assert page.min_label.text() == "2.29" and page.slider.minimum() == 229 and page.slider.maximum() == 425
+    assert not page.preset_buttons[2.2].isEnabled() and page.preset_buttons[2.5].isEnabled()
+    for preset in (2.5, 3.0, 4.0):
+        qtbot.mouseClick(page.preset_buttons[preset], Qt.MouseButton.LeftButton)
+        assert page.slider.value() == int(preset * 100) and page.bpw() == preset
+        mb = quantized_bytes(info, preset) / 2**20
+        assert page.size_label.text().startswith(f"{mb:,.0f} MB")
+        chat = plan_model(info, preset, HardwareProfile.from_dict(profile), source_on_disk=True).stages["chat"]
+        assert chat.verdict == "gpu" and page.vram_label.text() == f"Chat runs on the GPU: {chat.gpu_gb:.2f} GB of VRAM"
+        assert page.out_edit.text().endswith(f"SmolLM2-135M-Instruct-{preset:.2f}bpw")
+    chart = page.budget_curve  # before any measurement: predicted size over the slider's range, marker at the budget
+    assert chart.title.startswith("Predicted size") and chart.points[0][0] == 2.29 and chart.points[-1][0] == 4.25
+    assert chart.marker == (4.0, pytest.approx(quantized_bytes(info, 4.0) / 2**20))
+    sizes = []
+    for value in (229, 300, 425):
+        page.slider.setValue(value)
+        assert page.bpw_spin.value() == pytest.approx(value / 100)
+        sizes.append(float(page.size_label.text().split(" MB")[0].replace(",", "")))
+    assert sizes[0] < sizes[1] < sizes[2]
+    page.bpw_spin.setValue(2.0)  # below the floor: clamped
+    assert page.bpw() == 2.29
+    # A GPU too small for even the runtime: chat moves to the CPU, said in plain words.
+    tiny = gpu_profile(free_gb=0.2, total_gb=0.5)
+    page.services.hardware.profile = tiny
+    page.services.hardware.profile_changed.emit(tiny)
+    assert page.vram_label.text().startswith("Chat runs on the CPU")
+
+
+def test_a_bad_local_path_is_refused_with_a_message(qtbot, page, home: Path) -> None:
+    page.local_radio.setChecked(True)
+    qtbot.keyClicks(page.local_edit, str(home / "nowhere"))
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    assert page.step() == 0 and "does not exist" in page.model_status.text()
+
+
+def test_cancel_stops_the_real_job_and_resume_starts_it_again(qtbot, page, home: Path, bundled_gguf) -> None:  # noqa: ANN001
+    _to_budget(qtbot, page)
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("demo"))
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)  # "Start quantizing"
+    assert page.step() == 3 and page.job is not None and page.job.running
+    assert page.job.params["source"] == "bundled" and page.job.params["preset"] == "demo"
+    qtbot.waitUntil(lambda: "load" in page.stage_rows, timeout=120_000)
+    assert page.services.jobs.running_count() == 1
+    with qtbot.waitSignal(page.job.finished, timeout=60_000) as done:
+        qtbot.mouseClick(page.cancel_button, Qt.MouseButton.LeftButton)
+    assert done.args[0]["status"] in ("cancelled", "error")  # a stop forced during model loading reads as error
+    assert page.run_title.text() in ("Cancelled", "The job stopped with an error")
+    assert page.resume_button.isVisible() and not page.cancel_button.isVisible()
+    first = page.job
+    qtbot.mouseClick(page.resume_button, Qt.MouseButton.LeftButton)
+    assert page.job is not first and page.job.running and page.job.params == first.params
+    page.job.kill()
+    qtbot.waitUntil(lambda: not page.job.running, timeout=30_000)
+
+
+@pytest.mark.slow
+def test_a_demo_quantize_of_the_bundled_model_from_the_wizard(qtbot, page, home: Path, bundled_gguf) -> None:  # noqa: ANN001
+    from bitsmith.engine.model_summary import summarize
+
+    _to_budget(qtbot, page)
+    qtbot.mouseClick(page.preset_buttons[3.0], Qt.MouseButton.LeftButton)
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("demo"))
+    out = Path(page.out_edit.text())
+    assert out == home.resolve() / "models" / "SmolLM2-135M-Instruct-3.00bpw"
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.step() == 4 or (page.job is not None and not page.job.running), timeout=900_000)
+    assert page.step() == 4, page.log_view.toPlainText()[-2000:]
+    assert {"load", "evaluate-fp", "search", "calibrate", "evaluate", "save"} <= set(page.stage_rows)
+    assert "layout at" in page.log_view.toPlainText()
+    summary = summarize(out)
+    assert 2.5 < summary["bpw_quantized"] <= 3.0
+    ppl_fp, ppl_q = page.result["ppl_fp"], page.result["ppl"]
+    assert 10 < ppl_fp < ppl_q < 20 * ppl_fp
+    assert page.ppl_before.text() == f"{ppl_fp:.2f}" and page.ppl_after.text().startswith(f"{ppl_q:.2f}")
+    assert page.size_after.text() == f"{summary['size_bytes'] / 2**20:,.0f} MB"
+    assert len(page.layout_chart.layers) == len(summary["layers"]) == 210
+    assert len(page.curve_chart.points) >= 10 and page.curve_chart.marker is not None
+    # Chat with it: the chat page now points at the new folder.
+    qtbot.mouseClick(page.chat_button, Qt.MouseButton.LeftButton)
+    window = page.window()
+    assert window.current_page_name() == "chat"
+    assert window.pages["chat"].model_combo.currentData() == str(out)
+    # Fine-tune it: the fine-tune page opens with the new model selected.
+    window.show_page("quantize")
+    qtbot.mouseClick(page.finetune_button, Qt.MouseButton.LeftButton)
+    assert window.current_page_name() == "finetune"
+    assert window.pages["finetune"].model_combo.currentData()[0] == str(out)
+    # The Models page lists it with its numbers.
+    models = window.page("models")
+    window.show_page("models")
+    [row] = [m for m in models.library if m["path"] == out]
+    assert row["kind"] == "Bitsmith" and row["bpw"] == summary["bpw_quantized"] and row["ppl"] == pytest.approx(ppl_q)
+    # The budget step now shows the measured curve for this model.
+    window.show_page("quantize")
+    page.go(2)
+    assert page.budget_curve.title.startswith("Predicted perplexity") and page.budget_curve.marker is not None
+    assert page.budget_curve.points == sorted(page.curve)
+    # Export GGUF runs the real export job next to the folder.
+    page.go(4)
+    with qtbot.waitSignal(page.services.jobs.job_finished, timeout=600_000):
+        qtbot.mouseClick(page.export_button, Qt.MouseButton.LeftButton)
+    gguf = out.with_name(out.name + ".gguf")
+    assert gguf.is_file() and page.export_status.text().startswith(f"Exported {gguf}"), page.export_status.text()
