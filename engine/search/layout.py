@@ -140,6 +140,10 @@ def _dp(cost: np.ndarray, err: np.ndarray, limit: float, grid: int) -> np.ndarra
             back[i, better] = j
         best = new
     if not np.isfinite(best).any():
+        # rounding every cost up can exclude layouts that fit within a few grid units of the smallest one
+        cheapest = np.where(np.isfinite(cost), cost, np.inf).argmin(axis=1)
+        if cost[np.arange(n), cheapest].sum() <= limit * (1 + 1e-12):
+            return cheapest
         raise BadInputError("no layout fits the budget", "raise the budget")
     b = int(np.argmin(best))
     choice = np.zeros(n, dtype=np.int64)

@@ -67,6 +67,16 @@ def test_budget_below_all_int2_is_a_clear_error() -> None:
         search_layout(layers, low - 0.1)
 
 
+@pytest.mark.parametrize("method", ["best", "dp", "lagrangian"])
+def test_budgets_just_above_all_int2_are_feasible(method: str) -> None:
+    # the DP rounds each of 210 costs up to a grid unit: it used to find nothing within ~1 % above the minimum
+    layers = _random_layers(np.random.default_rng(1), 210)
+    low, _ = feasible_range(layers)
+    for budget in (low, low + 1e-4, low * 1.005):
+        layout = search_layout(layers, budget, method=method)
+        assert layout.bpw <= budget + 1e-12
+
+
 def test_eight_billion_scale_search_is_under_a_second() -> None:
     rng = np.random.default_rng()
     shapes = [(4096, 4096)] * 2 + [(1024, 4096)] * 2 + [(14336, 4096)] * 2 + [(4096, 14336)]
