@@ -50,14 +50,14 @@ def check_job_id(job_id: object) -> str:
     return job_id
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to path via a temporary file and os.replace, so readers never see half a file."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text to path via a temporary file and os.replace, so readers never see half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -65,6 +65,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
         except OSError:
             pass
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to path atomically (see write_text_atomic)."""
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
+
+from bitsmith.engine.jobfiles import write_text_atomic  # noqa: F401 - the chat page writes exports through it
 
 from .store import Conversation, Message
 
@@ -58,20 +57,3 @@ def to_markdown(conv: Conversation, messages: list[Message]) -> str:
         note = "" if m.status == "complete" else f" _({m.status})_"
         lines += [f"## {names.get(m.role, m.role)}{note}", "", m.content.rstrip(), ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write via a temporary file and os.replace so an existing export is never left half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
