@@ -40,6 +40,15 @@ def oom_advice(config: dict[str, Any], bpw: float, seq_len: int, batch: int = 1,
         best = planner.max_bpw_that_fits(info, hw, "qsft", seq_len=seq_len, batch=batch)
         if best is not None and best < bpw:
             tips.append(f"a model quantized to {best:.2f} bpw or less would fit at --seq-len {seq_len}")
+        elif not tips:  # neither a shorter sequence nor fewer bits alone: name a pair that fits
+            seq = seq_len
+            while seq > MIN_SEQ:
+                seq //= 2
+                low = planner.max_bpw_that_fits(info, hw, "qsft", seq_len=seq, batch=batch)
+                if low is not None:
+                    tips.append(f"--seq-len {seq} with a model quantized to {low:.2f} bpw or less fits by the "
+                                "planner's estimate")
+                    break
         if not tips:
             return generic
         return "; ".join(tips) + " (`bitsmith plan` shows the breakdown)"
