@@ -87,6 +87,20 @@ def hqq_bpw(model: torch.nn.Module, bits: int, group: int) -> float:
     return total / weights
 
 
+def max_levels(model: torch.nn.Module, group: int) -> int:
+    """Most distinct values in any row group of `group` inputs of a block linear: a check that every layer
+    really was quantized (at most 2^bits), not silently left in full precision."""
+    most = 0
+    for lin in block_linears(model).values():
+        w = lin.weight.detach()
+        pad = (-w.shape[1]) % group
+        if pad:  # repeat the row's last value: adds no new level
+            w = torch.cat([w, w[:, -1:].expand(-1, pad)], dim=1)
+        v = w.reshape(w.shape[0], -1, group).sort(dim=-1).values
+        most = max(most, int(((v[..., 1:] != v[..., :-1]).sum(-1) + 1).max()))
+    return most
+
+
 # -- the peers, each changing `model` in place ------------------------------------------------------
 @torch.no_grad()
 def quantize_rtn(model: torch.nn.Module, bits: int, group: int) -> None:
@@ -298,6 +312,8 @@ def measure_one(args: argparse.Namespace, method: str, budget: float | None, ctx
                 rec["calibration"] = quantize_autoround(
                     model, tok, bits, group, ctx["windows"], ctx["calib"], args.seed
                 )
+            if method != "hqq":  # hqq's groups run across rows (axis=1 on the flattened weight)
+                rec["levels_max"] = max_levels(model, group)
     except Exception as exc:  # a peer that fails is a result, not the end of the benchmark
         return {**rec, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:1500]}
     if method != "bitsmith":
