@@ -153,6 +153,12 @@ def _dp(cost: np.ndarray, err: np.ndarray, limit: float, grid: int) -> np.ndarra
     return choice
 
 
+def _bit_limit(budget_bpw: float, params: int) -> float:
+    """The budget in whole bits: stored bits are integers, and budget × params may land one ulp below one."""
+    exact = budget_bpw * params
+    return float(np.floor(exact + 1e-13 * abs(exact)))
+
+
 def search_layout(
     layers: Sequence[LayerChoices], budget_bpw: float, method: str = "best", grid: int | None = None
 ) -> Layout:
@@ -165,7 +171,7 @@ def search_layout(
             f"a budget of {budget_bpw:.3f} bpw is below the smallest layout ({low:.3f} bpw)",
             f"choose at least {low:.3f} bpw, or add a smaller format",
         )
-    limit = min(budget_bpw, high) * params
+    limit = _bit_limit(min(budget_bpw, high), params)
     rows = np.arange(len(layers))
     grid = grid or int(np.clip(4_000_000 // len(layers), 20_000, 400_000))
     if method == "lagrangian":
