@@ -29,6 +29,7 @@ GEMV_MAX_M = 4
 SPLITK_MAX_M = 64
 
 PATHS = ("torch", "dense", "gemv", "splitk", "gemm")
+DENSE_MIN_M = 64  # from here on the tuner also times dequantize-then-cuBLAS (docs/benchmarks/kernels.md)
 
 WeightGradHook = Callable[[torch.Tensor], None]
 
@@ -52,7 +53,7 @@ def choose_path(m: int, device: torch.device, bits: int, group_size: int) -> str
 
 
 def eligible_paths(m: int, bits: int, group_size: int) -> list[str]:
-    """The fused paths that can serve `m` rows of this format on a GPU (the tuner picks among them)."""
+    """The paths that can serve `m` rows of this format on a GPU (the tuner times them and keeps the fastest)."""
     paths = []
     if words_fit_groups(bits, group_size):
         if m <= GEMV_MAX_M:
@@ -61,6 +62,8 @@ def eligible_paths(m: int, bits: int, group_size: int) -> list[str]:
             paths.append("splitk")
     if m >= 16 and tile_block_k_options(bits, group_size):
         paths.append("gemm")
+    if m >= DENSE_MIN_M:
+        paths.append("dense")  # dequantize + cuBLAS beat the fused GEMM at many large-M shapes on an H100
     return paths
 
 

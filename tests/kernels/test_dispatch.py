@@ -18,6 +18,15 @@ def test_paths_by_batch_size() -> None:
     assert choose_path(1, torch.device("meta"), 4, 128) == "torch"
 
 
+def test_tuner_times_dequantize_then_cublas_only_for_large_batches() -> None:
+    # measured on an H100 (kernels.md): dequantize + cuBLAS beat the fused GEMM at M=64..256 on several shapes
+    from bitsmith.kernels.dispatch import DENSE_MIN_M, eligible_paths
+
+    assert "dense" not in eligible_paths(1, 4, 128) and "dense" not in eligible_paths(DENSE_MIN_M - 1, 2, 64)
+    assert {"gemm", "dense"} <= set(eligible_paths(256, 4, 128))
+    assert "dense" in eligible_paths(DENSE_MIN_M, 2, 64)
+
+
 @pytest.mark.parametrize("lead", [(), (1,), (2, 3), (2, 40)])
 def test_leading_dims_and_out(make, lead) -> None:
     w = make.weight(72, 200, 4, 128)
