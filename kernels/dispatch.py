@@ -20,6 +20,7 @@ from .triton_utils import (
     m_bucket,
     pick_config,
     tile_block_k_options,
+    triton_width,
     words_fit_groups,
 )
 from .validate import check_activation, check_out, check_weight
@@ -37,11 +38,11 @@ WeightGradHook = Callable[[torch.Tensor], None]
 def choose_path(m: int, device: torch.device, bits: int, group_size: int) -> str:
     """Which implementation serves `m` rows on `device`: one of PATHS.
 
-    torch: dequantize with torch then matmul (no Triton for this device). dense: the Triton dequantize
+    torch: dequantize with torch then matmul (no Triton for this device, or 3-bit codes). dense: the Triton dequantize
     kernel then cuBLAS (group sizes the fused kernels cannot tile). gemv / splitk / gemm: fused kernels
     for M <= GEMV_MAX_M, M <= SPLITK_MAX_M and larger M.
     """
-    if not kernels_usable(device):
+    if not kernels_usable(device) or not triton_width(bits):
         return "torch"
     if not words_fit_groups(bits, group_size):
         return "dense"
@@ -62,7 +63,7 @@ def eligible_paths(m: int, bits: int, group_size: int) -> list[str]:
             paths.append("splitk")
     if m >= 16 and tile_block_k_options(bits, group_size):
         paths.append("gemm")
-    if m >= DENSE_MIN_M:
+    if m >= DENSE_MIN_M and triton_width(bits):
         paths.append("dense")  # dequantize + cuBLAS beat the fused GEMM at many large-M shapes on an H100
     return paths
 
@@ -200,7 +201,7 @@ def dequantize(
 ) -> torch.Tensor:
     """The dense weight [N, K] in `dtype`: the Triton kernel where it runs, the torch reference elsewhere."""
     check_weight(qweight, scales, zeros, bits, group_size, in_features)
-    if kernels_usable(qweight.device):
+    if kernels_usable(qweight.device) and triton_width(bits):
         from .dequant import dequantize_kernel as _kernel
 
         return _kernel(qweight, scales, zeros, bits, group_size, in_features, dtype)

@@ -4,17 +4,21 @@ Layout (GPTQ's, also the on-disk layout of shared/DESIGN.md §3): a weight of sh
 (out_features, in_features) is stored as `qweight` int32 [ceil(K / (32 // bits)), N]; word
 `qweight[i, n]` holds codes `w[n, i*p : (i+1)*p]` with p = 32 // bits, the first in the lowest bits.
 A K that is not a multiple of p is padded with zero codes, which every kernel masks out.
+
+3-bit codes go 10 to a word (bits 0..29; the top two bits stay zero): 3.2 stored bits per code, and a
+word never straddles two codes, so unpacking stays one shift and mask. The fused Triton kernels tile
+words in powers of two and do not take 10-code words: INT3 layers run dequantize-then-matmul in torch.
 """
 
 from __future__ import annotations
 
 import torch
 
-SUPPORTED_PACK_BITS = (2, 4, 8)
+SUPPORTED_PACK_BITS = (2, 3, 4, 8)
 
 
 def codes_per_word(bits: int) -> int:
-    """How many b-bit codes one int32 word holds; ValueError for widths that do not divide 32."""
+    """How many b-bit codes one int32 word holds (10 at 3 bits); ValueError for widths that cannot be packed."""
     if bits not in SUPPORTED_PACK_BITS:
         raise ValueError(f"cannot pack {bits}-bit codes: supported widths are {SUPPORTED_PACK_BITS}")
     return 32 // bits

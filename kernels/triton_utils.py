@@ -86,13 +86,20 @@ def choose_split(tiles: int, chunks: int, device: torch.device, waves: int) -> t
     return cdiv(chunks, per), per
 
 
+def triton_width(bits: int) -> bool:
+    """Whether the Triton kernels unpack this width: a power-of-two number of codes per word (not 3-bit's 10)."""
+    return 32 % bits == 0
+
+
 def words_fit_groups(bits: int, group_size: int) -> bool:
     """Whether every packed word lies inside one group (group_size a multiple of 32 // bits): GEMV, split-K."""
-    return group_size % (32 // bits) == 0
+    return triton_width(bits) and group_size % (32 // bits) == 0
 
 
 def tile_block_k_options(bits: int, group_size: int) -> list[int]:
     """K block sizes (powers of two, >= 16 and >= 32 // bits) that tile a group exactly, largest first."""
+    if not triton_width(bits):
+        return []
     return [bk for bk in (128, 64, 32, 16) if group_size % bk == 0 and bk >= 32 // bits]
 
 

@@ -188,7 +188,7 @@ class QSFTMatmul(torch.autograd.Function):
 def unpack_t(qweight: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
     """Packed words [ceil(K/p), R] (any column slice) -> int32 codes [K, R], the layout the words are in."""
     p = 32 // bits
-    shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=qweight.device).view(1, p, 1)
+    shifts = torch.arange(0, p * bits, bits, dtype=torch.int32, device=qweight.device).view(1, p, 1)
     q = (qweight.unsqueeze(1) >> shifts) & ((1 << bits) - 1)
     return q.reshape(-1, qweight.shape[1])[:in_features]
 

@@ -56,7 +56,7 @@ def candidate_formats(value: str | list[str]) -> tuple[str, ...]:
             raise BadInputError(f"unknown format {name!r}: {exc}",
                                 "formats look like int4_g128, int2_g64_dq8") from None
         if not spec.packable:
-            raise BadInputError(f"{name}: {spec.bits}-bit codes have no kernel", "use 2-, 4- or 8-bit formats")
+            raise BadInputError(f"{name}: {spec.bits}-bit codes cannot be stored", "use 2-, 3-, 4- or 8-bit formats")
         out.append(spec.name)
     return tuple(dict.fromkeys(out))
 

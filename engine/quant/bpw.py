@@ -3,11 +3,12 @@
 For a linear of shape [N, K] = (out_features, in_features) and G = ceil(K / g) groups, the stored
 tensors (engine/quant/linear.py, state-dict keys in brackets) cost:
 
-* codes  [qweight]: int32 [ceil(K·b / 32), N] — the padding of the last word counts;
-* scales [scales]: fp16 [G, N]; or, double-quantized, [scale_codes] int32 [G, ceil(N·S / 32)] (codes packed
+* codes  [qweight]: int32 [ceil(K / (32 // b)), N] — the padding of the last word counts (3-bit codes go 10
+  to a word: 3.2 bits each);
+* scales [scales]: fp16 [G, N]; or, double-quantized, [scale_codes] int32 [G, ceil(N / (32 // S))] (codes packed
   along N, GPTQ-qzeros layout) + [scale_meta] fp16 [2, N] (per-row offset, step);
-* zeros  [zeros]: fp16 [G, N]; or integer [zero_codes] int32 [G, ceil(N·b / 32)]; or double-quantized
-  [zero_codes] int32 [G, ceil(N·Z / 32)] + [zero_meta] fp16 [2, N]; symmetric specs store none;
+* zeros  [zeros]: fp16 [G, N]; or integer [zero_codes] int32 [G, ceil(N / (32 // b))]; or double-quantized
+  [zero_codes] int32 [G, ceil(N / (32 // Z))] + [zero_meta] fp16 [2, N]; symmetric specs store none;
 * an optional input permutation (act-order), int16 or int32 per input channel;
 * an optional bias, N × 16 or 32 bits, reported separately and not part of bpw.
 
@@ -29,8 +30,9 @@ META_ROWS = 2  # (offset, step) per output row for each double-quantized statist
 
 
 def _words(count: int, bits: int) -> int:
-    """int32 words that hold `count` codes of `bits` bits packed contiguously."""
-    return -(-count * bits // WORD_BITS)
+    """int32 words that hold `count` codes of `bits` bits, 32 // bits to a word (kernels/pack.py)."""
+    per_word = WORD_BITS // bits
+    return -(-count // per_word)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def dequantize_packed_t(
     """fp32 W.T [K, N] with W[n, k] = (q[n, k] - zeros[k // g, n]) * scales[k // g, n]."""
     p = codes_per_word(bits)
     rows, n = qweight.shape
-    shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=qweight.device).view(1, p, 1)
+    shifts = torch.arange(0, p * bits, bits, dtype=torch.int32, device=qweight.device).view(1, p, 1)
     q = ((qweight.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(rows * p, n)
     groups = scales.shape[0]
     length = groups * group_size

@@ -5,12 +5,12 @@ State-dict keys — the on-disk format, stable (shapes for a [N, K] layer, G = c
 ======================  ===================================  =============================================
 key                     dtype / shape                         present when
 ======================  ===================================  =============================================
-``qweight``             int32 [ceil(K·b/32), N]               always (kernels/pack.py layout)
+``qweight``             int32 [ceil(K/(32//b)), N]            always (kernels/pack.py layout)
 ``scales``              fp16 [G, N]                           scale_bits == 16
-``scale_codes``         int32 [G, ceil(N·S/32)]               scale_bits in (8, 4): log2-domain codes
+``scale_codes``         int32 [G, ceil(N/(32//S))]            scale_bits in (8, 4): log2-domain codes
 ``scale_meta``          fp16 [2, N]                           with scale_codes: per-row (offset, step)
 ``zeros``               fp16 [G, N]                           zero_bits == 16 (float zero-points)
-``zero_codes``          int32 [G, ceil(N·Z/32)]               integer zeros (Z = b) or double-quantized (Z)
+``zero_codes``          int32 [G, ceil(N/(32//Z))]            integer zeros (Z = b) or double-quantized (Z)
 ``zero_meta``           fp16 [2, N]                           double-quantized zeros: per-row (offset, step)
 ``bias``                fp16 or fp32 [N]                      the layer has a bias
 ======================  ===================================  =============================================

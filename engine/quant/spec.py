@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 SPEC_BITS = (2, 3, 4, 8)
-"""Weight widths a spec may name; 3 is accepted for planning and bpw but cannot be packed yet."""
-PACKABLE_BITS = (2, 4, 8)
-"""Widths whose codes tile an int32 word (kernels/pack.py)."""
+"""Weight widths a spec may name."""
+PACKABLE_BITS = (2, 3, 4, 8)
+"""Widths kernels/pack.py packs into int32 words (3-bit: 10 codes per word)."""
 SCALE_BITS = (16, 8, 4)
 """16 = fp16 scales; 8 / 4 = log2-domain double-quantized scale codes."""
 STAT_CODE_BITS = (4, 8)
@@ -92,7 +92,7 @@ class QuantSpec:
 
     @property
     def packable(self) -> bool:
-        """Whether the codes can be packed into int32 words (2, 4 or 8 bits)."""
+        """Whether the codes can be packed into int32 words (2, 3, 4 or 8 bits)."""
         return self.bits in PACKABLE_BITS
 
     @property
@@ -116,7 +116,7 @@ class QuantSpec:
         return self.asymmetric and not self.integer_zeros and not self.float_zeros
 
     def require_packable(self) -> None:
-        """Raise ValueError unless codes of this width can be packed (3-bit cannot, yet)."""
+        """Raise ValueError unless codes of this width can be packed."""
         if not self.packable:
             raise ValueError(
                 f"{self.name}: {self.bits}-bit codes cannot be packed into int32 words; "

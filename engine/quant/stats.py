@@ -3,11 +3,11 @@
 Stored tensors (state-dict keys of engine/quant/linear.py), for G groups and N output rows:
 
 * ``scales`` fp16 [G, N] — when scale_bits == 16;
-* ``scale_codes`` int32 [G, ceil(N·S/32)] + ``scale_meta`` fp16 [2, N] — double-quantized scales: codes in
+* ``scale_codes`` int32 [G, ceil(N/(32//S))] + ``scale_meta`` fp16 [2, N] — double-quantized scales: codes in
   the log2 domain, ``log2 s = offset[n] + code · step[n]`` (meta row 0 = offset, row 1 = step);
 * ``zeros`` fp16 [G, N] — float zero-points (zero_bits == 16);
-* ``zero_codes`` int32 [G, ceil(N·b/32)] — integer zero-points, the exact values in [0, 2^b - 1];
-* ``zero_codes`` int32 [G, ceil(N·Z/32)] + ``zero_meta`` fp16 [2, N] — double-quantized fractional zeros,
+* ``zero_codes`` int32 [G, ceil(N/(32//b))] — integer zero-points, the exact values in [0, 2^b - 1];
+* ``zero_codes`` int32 [G, ceil(N/(32//Z))] + ``zero_meta`` fp16 [2, N] — double-quantized fractional zeros,
   ``z = offset[n] + code · step[n]``.
 
 Statistic codes are packed along N, least significant bits first, as GPTQ packs its qzeros: word
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from bitsmith.kernels.pack import pack_codes, unpack_codes
+from bitsmith.kernels.pack import pack_codes, packed_rows, unpack_codes
 
 from .groups import SCALE_FLOOR
 from .spec import QuantSpec
@@ -159,7 +159,7 @@ def stored_stats(
 def stat_shapes(spec: QuantSpec, out_features: int, in_features: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Shape and dtype of every stored statistics tensor of a [N, K] layer (what `stored_stats` returns)."""
     n, g = out_features, spec.groups(in_features)
-    words = lambda bits: -(-n * bits // 32)
+    words = lambda bits: packed_rows(n, bits)  # noqa: E731
     out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     if spec.double_quant_scales:
         out["scale_codes"] = ((g, words(spec.scale_bits)), torch.int32)

@@ -5,7 +5,13 @@ import torch
 from kernel_testing import TOL, poisoned, rel_err
 
 from bitsmith.kernels import dispatch, reference
-from bitsmith.kernels.dispatch import choose_path, quant_matmul, quant_matmul_backward_input
+from bitsmith.kernels.dispatch import (
+    choose_path,
+    dequantize,
+    eligible_paths,
+    quant_matmul,
+    quant_matmul_backward_input,
+)
 
 CPU = torch.device("cpu")
 
@@ -49,6 +55,19 @@ def test_group_that_straddles_words_uses_dense_path(make) -> None:
     w = make.weight(40, 250, 4, 100)
     x = make.act(2, 250, dtype=torch.float16)
     assert rel_err(quant_matmul(x, *w.args), reference.matmul(x.float(), *w.args)) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("m", [1, 5, 80])
+def test_three_bit_codes_take_the_torch_path_forward_and_backward(make, m) -> None:
+    # 10 codes per word do not tile the Triton kernels' power-of-two blocks: every device dequantizes in torch
+    w = make.weight(40, 576, 3, 128)
+    assert choose_path(m, CPU, 3, 128) == "torch" and "dense" not in eligible_paths(m, 3, 128)
+    x = make.act(m, 576)
+    assert rel_err(quant_matmul(x, *w.args), reference.matmul(x, *w.args)) < TOL[torch.float32]
+    dy = make.act(m, 40)
+    ref = reference.matmul_backward_input(dy, *w.args)
+    assert rel_err(quant_matmul_backward_input(dy, *w.args), ref) < TOL[torch.float32]
+    assert rel_err(dequantize(*w.args, dtype=torch.float32), reference.dequantize(*w.args)) < TOL[torch.float32]
 
 
 def test_backward_dispatch(make) -> None:
@@ -118,7 +137,7 @@ def test_rejects_bad_codes_and_formats(make) -> None:
     with pytest.raises(ValueError, match="int32"):
         quant_matmul(x, q.to(torch.uint8), s, z, bits, g, k)
     with pytest.raises(ValueError, match="bits must be one of"):
-        quant_matmul(x, q, s, z, 3, g, k)
+        quant_matmul(x, q, s, z, 5, g, k)
     with pytest.raises(ValueError, match="group_size must be positive"):
         quant_matmul(x, q, s, z, bits, 0, k)
     with pytest.raises(ValueError, match="scales must be floating point"):

@@ -6,7 +6,7 @@ import torch
 from bitsmith.kernels.pack import pack_codes, packed_rows, unpack_codes
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("k", [1, 7, 64, 576, 577])
 def test_round_trip(bits: int, k: int) -> None:
     gen = torch.Generator().manual_seed(torch.seed())
@@ -29,5 +29,13 @@ def test_out_of_range_codes_are_rejected() -> None:
 
 
 def test_unsupported_width_is_rejected() -> None:
-    with pytest.raises(ValueError, match="3-bit"):
-        pack_codes(torch.zeros(1, 8, dtype=torch.uint8), 3)
+    with pytest.raises(ValueError, match="5-bit"):
+        pack_codes(torch.zeros(1, 8, dtype=torch.uint8), 5)
+
+
+def test_three_bit_codes_go_ten_to_a_word() -> None:
+    codes = torch.arange(20, dtype=torch.uint8).remainder(8).view(1, 20)
+    words = pack_codes(codes, 3)
+    assert words.shape == (2, 1)
+    first = int(words[0, 0]) & 0xFFFFFFFF
+    assert first == sum(int(c) << (3 * i) for i, c in enumerate(codes[0, :10])) and first < (1 << 30)

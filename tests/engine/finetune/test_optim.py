@@ -31,7 +31,7 @@ def test_residual_pack_roundtrip(bits: int) -> None:
     assert torch.equal(unpack_residual(pack_residual(values, bits), bits, k), values)
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_scatter_codes_equals_repacking(bits: int) -> None:
     k, n = random.randint(5, 70), random.randint(2, 12)
     maxq = (1 << bits) - 1

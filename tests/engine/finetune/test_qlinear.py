@@ -12,7 +12,8 @@ from bitsmith.engine.finetune.qlinear import QSFTLinear, unwrap_model, wrap_mode
 from bitsmith.engine.quant.linear import QuantLinear
 from bitsmith.kernels import reference
 
-SPECS = ["int4_g32", "int2_g16", "int2_g16_zf", "int4_g48_dq8", "int2_g16_zq8", "int8_g64", "int2_g16_dq4_zf"]
+SPECS = ["int4_g32", "int2_g16", "int2_g16_zf", "int4_g48_dq8", "int2_g16_zq8", "int8_g64", "int2_g16_dq4_zf",
+         "int3_g32", "int3_g64_dq8"]
 
 
 class Recorder:

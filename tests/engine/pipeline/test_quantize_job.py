@@ -87,12 +87,12 @@ def test_candidate_formats_reach_the_layout(tiny_model_dir: Path, tmp_path: Path
     """--formats replaces the preset's candidates (here the double-quantized pair); a bad one is a clear error."""
     out = tmp_path / "q"
     run = _cli(tmp_path, "quantize", str(tiny_model_dir), "--bpw", "3.0", "--out", str(out), "--preset", "demo",
-               "--formats", "int4_g128_dq8,int2_g64_dq8", "--json")
+               "--formats", "int4_g128_dq8,int3_g128_dq8,int2_g64_dq8", "--json")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     meta = json.loads((out / "bitsmith.json").read_text())
-    assert set(meta["layout"].values()) == {"int4_g128_dq8", "int2_g64_dq8"}
-    assert meta["bpw"]["quantized_linears"] <= 3.0 and meta["recipe"]["preset"]["formats"] == ["int4_g128_dq8",
-                                                                                                  "int2_g64_dq8"]
+    formats = ["int4_g128_dq8", "int3_g128_dq8", "int2_g64_dq8"]
+    assert "int3_g128_dq8" in meta["layout"].values() and set(meta["layout"].values()) <= set(formats)
+    assert meta["bpw"]["quantized_linears"] <= 3.0 and meta["recipe"]["preset"]["formats"] == formats
     bad = _cli(tmp_path, "quantize", str(tiny_model_dir), "--bpw", "3.0", "--out", str(tmp_path / "b"),
-               "--formats", "int3_g128")
-    assert bad.returncode != 0 and "no kernel" in bad.stdout + bad.stderr
+               "--formats", "int5_g128")
+    assert bad.returncode != 0 and "unknown format" in bad.stdout + bad.stderr

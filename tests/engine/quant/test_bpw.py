@@ -6,7 +6,7 @@ import torch
 from bitsmith.engine.quant import QuantLinear, layer_bits, model_bits, parse_spec, quantize_weight
 
 SPECS = ["int4_g128", "int2_g64", "int8_g128", "int2_g64_dq8", "int2_g64_dq4", "int4_g128_dq8",
-         "int4_g128_zf", "int2_g64_zq8", "int2_g64_dq4_zq4", "int4_g128_sym"]
+         "int4_g128_zf", "int2_g64_zq8", "int2_g64_dq4_zq4", "int4_g128_sym", "int3_g128", "int3_g128_dq8_zq4"]
 
 
 def _stored_bits(layer: QuantLinear) -> tuple[int, int]:

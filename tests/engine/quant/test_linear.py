@@ -5,9 +5,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bitsmith.engine.quant import QuantLinear, parse_spec, quantize_weight
+from bitsmith.engine.quant.bpw import layer_bits
 from bitsmith.kernels import reference
 
-SPECS = ["int4_g128", "int2_g64", "int2_g64_dq8", "int2_g64_dq4_zq4", "int4_g128_zf", "int8_g128", "int4_g128_sym"]
+SPECS = ["int4_g128", "int2_g64", "int2_g64_dq8", "int2_g64_dq4_zq4", "int4_g128_zf", "int8_g128", "int4_g128_sym",
+         "int3_g128", "int3_g64_dq8"]
 
 
 def _layer(name: str, k: int = 576, n: int = 48, bias: bool = False) -> QuantLinear:
@@ -114,9 +116,14 @@ def test_dtype_conversions_keep_the_format() -> None:
     assert "spec=int2_g64_dq8" in repr(layer) and "bpw=" in repr(layer)
 
 
-def test_three_bit_layers_are_refused() -> None:
-    with pytest.raises(ValueError, match="cannot be packed"):
-        QuantLinear(128, 16, "int3_g128")
+def test_three_bit_layer_matches_reference_and_stores_ten_codes_per_word() -> None:
+    layer = _layer("int3_g128", n=512)  # 512 zero codes take 52 words at 10 per word (not 48 at 3 bits each)
+    assert layer.qweight.shape[0] == -(-layer.in_features // 10) and layer.zero_codes.shape == (5, 52)
+    assert layer_bits(512, 576, layer.spec).total == sum(t.numel() * t.element_size() * 8
+                                                         for t in layer.state_dict().values())
+    x = torch.randn(3, layer.in_features)
+    w = layer.dequantize().float()
+    assert torch.allclose(layer(x).float(), x @ w.t() + (layer.bias if layer.bias is not None else 0), atol=1e-4)
 
 
 @pytest.mark.gpu

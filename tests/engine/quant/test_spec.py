@@ -75,11 +75,10 @@ def test_constructor_validation() -> None:
         QuantSpec.from_dict({"bits": 4, "group_size": 128, "sym": True})
 
 
-def test_three_bits_plan_but_do_not_pack() -> None:
+def test_three_bits_pack() -> None:
     spec = parse_spec("int3_g128")
-    assert not spec.packable
-    with pytest.raises(ValueError, match="cannot be packed"):
-        spec.require_packable()
+    assert spec.packable and spec.maxq == 7
+    spec.require_packable()
 
 
 def test_spec_and_bpw_import_without_torch() -> None:
