@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,11 +103,19 @@ def gguf_to_hf_folder(gguf_path: Path, trust_remote_code: bool = False) -> Path:
             f"transformers cannot load {gguf_path.name}: {exc}",
             "use a GGUF of an architecture transformers supports (Llama, Qwen2, Mistral, Gemma...) or the HF folder",
         ) from exc
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    _save_plain(model, tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, folder)
+    # a private temporary folder: two processes (the app and a CLI run, two benchmarks) may convert at once
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
+    try:
+        _save_plain(model, tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "config.json").is_file():  # not another process's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
