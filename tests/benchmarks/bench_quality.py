@@ -51,6 +51,7 @@ from bitsmith.engine.model import load_model  # noqa: E402
 BUDGETS = (4.0, 3.0, 2.5, 2.2)
 METHODS = ("fp", "bitsmith", "rtn", "hqq", "autoround")
 PEERS = ("rtn", "hqq", "autoround")
+LEGACY_FORMATS = ("int4_g128", "int2_g64")  # what Bitsmith rows without a "formats" field were searched over
 TARGET_RATIO = {4.0: 1.06, 3.0: 1.5, 2.5: 3.0}
 """Issue 4's targets: quantized / full-precision perplexity at these budgets."""
 
@@ -72,8 +73,15 @@ MARK_END = "<!-- bench_quality: end -->"
 
 # -- effective bits per weight ---------------------------------------------------------------------
 def gptq_bpw(model: torch.nn.Module, bits: int, group: int) -> float:
-    """bpw of every block linear in b-bit / group-g asymmetric integer-zero format (codes + scales + zeros)."""
-    return layout_bpw(model, dict.fromkeys(block_linears(model), f"int{bits}_g{group}"))
+    """bpw of the GPTQ checkpoint format over the block linears: b-bit codes packed bit-contiguously (3-bit codes
+    span words: 32 codes in 3 words), an fp16 scale and a b-bit integer zero per group of g inputs."""
+    total = weights = 0
+    for lin in block_linears(model).values():
+        n, k = lin.weight.shape
+        groups = -(-k // group)
+        total += n * k * bits + groups * n * (16 + bits)
+        weights += n * k
+    return total / weights
 
 
 def hqq_bpw(model: torch.nn.Module, bits: int, group: int) -> float:
@@ -156,7 +164,8 @@ def quantize_autoround(
 
 
 # -- Bitsmith through its command line ------------------------------------------------------------
-def run_bitsmith(source: str, bpw: float, preset: str, out: Path, home: Path, threads: int, seed: int) -> dict:
+def run_bitsmith(source: str, bpw: float, preset: str, out: Path, home: Path, threads: int, seed: int,
+                 formats: tuple[str, ...] = ()) -> dict:
     """Run `bitsmith quantize` in a subprocess with cold caches; its result event, stage times and CPU time."""
     shutil.rmtree(out, ignore_errors=True)
     # a fresh home per run: every budget pays its own measurement, as a first run would; only the GGUF
@@ -170,6 +179,8 @@ def run_bitsmith(source: str, bpw: float, preset: str, out: Path, home: Path, th
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "bitsmith.engine", "quantize", source, "--bpw", f"{bpw:g}", "--out", str(out),
            "--preset", preset, "--calib", "stdlib", "--eval-text", "stdlib:heldout", "--seed", str(seed), "--json"]
+    if formats:
+        cmd[-1:-1] = ["--formats", ",".join(formats)]
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     stages: list[list] = []
@@ -204,9 +215,17 @@ def run_bitsmith(source: str, bpw: float, preset: str, out: Path, home: Path, th
     return record
 
 
-def bitsmith_min_bpw(model: torch.nn.Module) -> float:
-    """The smallest layout the default formats allow: every block linear INT2/g64."""
-    return gptq_bpw(model, 2, 64)
+def bitsmith_min_bpw(model: torch.nn.Module, formats: tuple[str, ...]) -> float:
+    """About the smallest layout these formats allow: every block linear in the cheapest one."""
+    return min(layout_bpw(model, dict.fromkeys(block_linears(model), f)) for f in formats)
+
+
+def bitsmith_formats(args: argparse.Namespace) -> tuple[str, ...]:
+    """The candidate formats of Bitsmith's search: --formats, else the preset's."""
+    from bitsmith.engine.pipeline.presets import get_preset
+
+    chosen = [f.strip() for f in (args.formats or "").split(",") if f.strip()]
+    return tuple(chosen) or tuple(get_preset(args.preset).formats)
 
 
 # -- the benchmark --------------------------------------------------------------------------------
@@ -226,8 +245,9 @@ def machine() -> str:
 
 def run_key(rec: dict) -> tuple:
     """What makes two records the same measurement (used to skip finished runs)."""
+    formats = tuple(rec.get("formats") or LEGACY_FORMATS) if rec["method"] == "bitsmith" else None
     return (rec["model"], rec["method"], rec.get("budget"), rec.get("preset"), rec["eval_tokens"], rec["window"],
-            rec["seed"])
+            rec["seed"], formats)
 
 
 def read_records(path: Path | None) -> list[dict]:
@@ -275,14 +295,17 @@ def measure_one(args: argparse.Namespace, method: str, budget: float | None, ctx
     try:
         if method == "bitsmith":
             target = budget
-            low = bitsmith_min_bpw(model)
-            if budget < low:  # below all-INT2: run at the smallest layout there is, and say so
+            formats = bitsmith_formats(args)
+            rec["formats"] = list(formats)
+            low = bitsmith_min_bpw(model, formats)
+            if budget < low:  # below the cheapest layout: run at the smallest layout there is, and say so
                 target = float(f"{low + 5e-5:.4f}")
-                rec["note"] = f"{budget:g} bpw is below all-INT2/g64 ({low:.4f} bpw), the smallest layout: ran at that"
+                rec["note"] = f"{budget:g} bpw is below the smallest layout ({low:.4f} bpw): ran at that"
             rec["ran_at_bpw"] = target
-            out = Path(args.work) / f"bitsmith-{args.preset}-{budget:g}"
+            out = Path(args.work) / f"bitsmith-{args.preset}-{budget:g}-{'-'.join(formats)}"
             out.parent.mkdir(parents=True, exist_ok=True)
-            rec.update(run_bitsmith(args.source, target, args.preset, out, Path(args.home), args.threads, args.seed))
+            rec.update(run_bitsmith(args.source, target, args.preset, out, Path(args.home), args.threads, args.seed,
+                                    tuple(args.formats.split(",")) if args.formats else ()))
             if "error" in rec:
                 return {**rec, "status": "error"}
             from bitsmith.engine.quant.store import load_quantized, model_bpw
@@ -378,7 +401,8 @@ def render_tables(records: list[dict]) -> str:
 def _verdict(budget: float, mine: dict | None, peers: list[dict], fp: dict | None) -> str:
     """One line: the target ratio and whether Bitsmith beats each peer at the same or a higher bpw."""
     if mine is None or mine.get("status") != "ok" or fp is None:
-        return f"| {budget:.1f} | – | – | no Bitsmith result |"
+        return f"| {budget:.1f} | – | – | – | no Bitsmith result |"
+    formats = ", ".join(mine.get("formats") or LEGACY_FORMATS)
     ratio = mine["ppl"] / fp["ppl"]
     target = TARGET_RATIO.get(budget)
     target_txt = f"≤ {target}× → {'**met**' if ratio <= target else '**missed**'}" if target else "no target"
@@ -391,7 +415,7 @@ def _verdict(budget: float, mine: dict | None, peers: list[dict], fp: dict | Non
             continue
         ok = mine["ppl"] < p["ppl"]
         beaten.append(f"{p['method']} {'beaten' if ok else '**not beaten**'} ({_num(p['ppl'])} at {p['bpw']:.3f})")
-    return f"| {budget:.1f} | {ratio:.3f}× | {target_txt} | {'; '.join(beaten) or 'no peer result'} |"
+    return f"| {budget:.1f} | {formats} | {ratio:.3f}× | {target_txt} | {'; '.join(beaten) or 'no peer result'} |"
 
 
 def _render_group(model: str, n_tok: int, window: int, seed: int, preset: str | None, fp: dict | None,
@@ -428,9 +452,10 @@ def _render_group(model: str, n_tok: int, window: int, seed: int, preset: str | 
             label = f"**{r['method']}**" if r["method"] == "bitsmith" else r["method"]
             lines.append(f"| {budget:.1f} | {label} | {r.get('format', '')} | {r['bpw']:.3f} | {_num(r['ppl'])} "
                          f"| {ratio} | {_times(r)} | {r.get('note', '')} |")
-        mine = next((r for r in rows if r["method"] == "bitsmith"), None)
-        verdicts.append(_verdict(budget, mine, [r for r in rows if r["method"] in PEERS], fp))
-    lines += ["", "| budget | Bitsmith × fp | target | against the peers (ppl at bpw) |", "|---:|---:|---|---|"]
+        for mine in [r for r in rows if r["method"] == "bitsmith"] or [None]:
+            verdicts.append(_verdict(budget, mine, [r for r in rows if r["method"] in PEERS], fp))
+    lines += ["", "| budget | Bitsmith formats | Bitsmith × fp | target | against the peers (ppl at bpw) |",
+              "|---:|---|---:|---|---|"]
     lines += verdicts
     return "\n".join(lines) + "\n"
 
@@ -456,6 +481,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS), choices=list(PEER_FORMATS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--preset", default="demo", choices=("demo", "default", "best"), help="Bitsmith's preset")
+    p.add_argument("--formats", default="", help="Bitsmith candidate formats, a,b,... (default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens scored (stdlib:heldout)")
     p.add_argument("--window", type=int, default=512, help="perplexity window (disjoint windows)")
     p.add_argument("--seed", type=int, default=0)
@@ -495,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         plan += [(m, b) for b in args.budgets for m in args.methods if m != "fp"]
         for method, budget in plan:
             key = (args.source, method, budget, _preset_of(method, args.preset), args.eval_tokens, args.window,
-                   args.seed)
+                   args.seed, bitsmith_formats(args) if method == "bitsmith" else None)
             if key in done:
                 print(f"skip {method} @ {budget}: already in {out}", flush=True)
                 continue

@@ -69,7 +69,8 @@ def test_every_peer_format_costs_at_least_its_budget(bench) -> None:
             assert bpw >= budget, (budget, method, bpw)
     assert bench.hqq_bpw(model, 2, 64) == pytest.approx(2.5)  # 2 + (16 + 16) / 64
     assert bench.hqq_bpw(model, 3, 128) == pytest.approx(3.2 + 0.25)  # ten 3-bit codes per int32
-    assert bench.bitsmith_min_bpw(model) > 2.2  # why 2.2 runs at all-INT2
+    assert bench.gptq_bpw(model, 3, 128) == pytest.approx(3 + 19 / 128, rel=0.01)  # bit-contiguous, 5 groups of 576
+    assert bench.bitsmith_min_bpw(model, ("int4_g128", "int2_g64")) > 2.2  # why 2.2 runs at all-INT2
 
 
 def test_level_check_catches_an_unquantized_weight(bench) -> None:
@@ -94,9 +95,9 @@ def test_report_verdicts_and_doc_markers(bench, tmp_path: Path) -> None:
     ]
     text = bench.render_tables(records)
     assert "SMOKE" not in text and "the dequantized GGUF): perplexity **10.000**" in text
-    assert "| 4.0 | 1.050× | ≤ 1.06× → **met** |" in text
+    assert "| 4.0 | int4_g128, int2_g64 | 1.050× | ≤ 1.06× → **met** |" in text
     assert "rtn beaten (12.000 at 4.170)" in text and "hqq **not beaten** (10.200 at 4.250)" in text
-    assert "| 3.0 | 1.600× | ≤ 1.5× → **missed** |" in text
+    assert "| 3.0 | int4_g128, int2_g64 | 1.600× | ≤ 1.5× → **missed** |" in text
     assert "rtn below the budget (2.900 bpw), not compared" in text
     assert "error: RuntimeError: boom" in text
     assert text.count("### SmolLM2-135M-Instruct (bundled)") == 2 and "seed 1" in text
@@ -142,7 +143,8 @@ def test_smoke_run_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert by[("rtn", 2.2)]["ppl"] != fp  # the weights really changed
     mine = by[("bitsmith", 3.0)]
     assert mine["bpw"] <= 3.0 and mine["returncode"] == 0 and "int2_g64" in mine["format"]
-    assert by[("bitsmith", 2.2)]["ran_at_bpw"] > 2.2 and "below all-INT2" in by[("bitsmith", 2.2)]["note"]
+    assert by[("bitsmith", 2.2)]["ran_at_bpw"] > 2.2 and "below the smallest layout" in by[("bitsmith", 2.2)]["note"]
+    assert mine["formats"] == ["int4_g128", "int2_g64"]  # the demo preset's
     text = doc.read_text()
     assert "| 3.0 | **bitsmith** |" in text and "| 2.2 | rtn | W2/g64 |" in text and "SMOKE RUN" in text
 
@@ -150,4 +152,11 @@ def test_smoke_run_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
     finished = sum(r["status"] == "ok" for r in recs)  # a peer that is not installed is tried again next time
     assert again.returncode == 0 and again.stdout.count("skip ") == finished  # finished runs are not repeated
     assert len(out.read_text().splitlines()) == len(recs) + (len(recs) - finished)  # retried peers append again
+    # other candidate formats are another measurement: run, recorded with their names, and given their own verdict
+    other = subprocess.run(cmd[:-2] + ["--methods", "bitsmith", "--budgets", "3.0", "--formats",
+                                       "int4_g128_dq8,int2_g64_dq8"], capture_output=True, text=True, timeout=900)
+    assert other.returncode == 0 and "skip " not in other.stdout, other.stdout[-2000:] + other.stderr[-2000:]
+    last = json.loads(out.read_text().splitlines()[-1])
+    assert last["formats"] == ["int4_g128_dq8", "int2_g64_dq8"] and "_dq8" in last["format"] and last["bpw"] <= 3.0
+    assert "| 3.0 | int4_g128_dq8, int2_g64_dq8 |" in doc.read_text()
     assert (hashlib.sha256(DOC.read_bytes()).hexdigest() if DOC.exists() else None) == before
