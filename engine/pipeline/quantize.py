@@ -26,6 +26,7 @@ from bitsmith.engine.model import _cache_root, load_model
 from bitsmith.engine.pipeline.loading import source_identity
 from bitsmith.engine.pipeline.presets import Preset, get_preset
 from bitsmith.engine.quant.store import model_bpw, round_kept_, save_quantized
+from bitsmith.engine.search.calibration_gain import gain_for, history_path, record_run
 from bitsmith.engine.search.layout import feasible_range, quality_curve, search_layout
 from bitsmith.engine.search.measure import Measurement, cache_key, load_cached, measure_model, save_cached
 
@@ -133,7 +134,8 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
         ctx.log(f"using the cached measurement {mpath.name}")
 
     ctx.stage("search", total=1)
-    layout = _search(ctx, measurement, bpw, fp["nll"])
+    runs_path = history_path(mpath)
+    layout = _search(ctx, measurement, bpw, fp["nll"], gain_for(runs_path, preset.name))
     ctx.progress(1)
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "layout.json").write_text(json.dumps(layout.formats, indent=1))
@@ -146,6 +148,7 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     ctx.progress(1)
     ctx.metric("ppl", q["ppl"], split="heldout", model="quantized", tokens=q["tokens"])
     ctx.metric("ppl_ratio", q["ppl"] / fp["ppl"], split="heldout")
+    record_run(runs_path, preset.name, layout.bpw, layout.predicted_error, math.log(q["ppl"]) - fp["nll"])
 
     ctx.stage("save", total=1)
     metrics = {
@@ -172,21 +175,28 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     return out
 
 
-def _search(ctx: JobContext, measurement: Measurement, bpw: float, fp_nll: float):
-    """The layout for the budget, with the predicted quality curve reported for plotting."""
+def _search(ctx: JobContext, measurement: Measurement, bpw: float, fp_nll: float, gain: Any = None):
+    """The layout for the budget, with the predicted quality curve reported for plotting: round-to-nearest's
+    predicted error, scaled by what calibration achieved in earlier runs of this measurement when there are any."""
     choices = measurement.choices()
     low, high = feasible_range(choices)
     if bpw < low:
         raise BadInputError(
-            f"a budget of {bpw} bpw is below the smallest layout this model allows ({low:.3f} bpw, all INT2)",
+            f"a budget of {bpw} bpw is below the smallest layout this model allows ({low:.3f} bpw: every layer "
+            "in its cheapest format)",
             f"choose at least {low:.2f} bpw",
         )
     if bpw > high:
-        ctx.log(f"the budget {bpw} bpw is above the largest layout ({high:.3f} bpw): every layer gets INT4")
+        ctx.log(f"the budget {bpw} bpw is above the largest layout ({high:.3f} bpw): every layer gets its largest "
+                "format")
     layout = search_layout(choices, bpw)
-    curve = [(b, math.exp(fp_nll + e)) for b, e in quality_curve(choices, points=21)]
-    ctx.metric("predicted_ppl_curve", curve)
-    ctx.metric("predicted_ppl", math.exp(fp_nll + layout.predicted_error), bpw=layout.bpw)
+    scale = gain.ratio if gain is not None else 1.0
+    basis = gain.describe() if gain is not None else "before calibration (round-to-nearest), from the measurement"
+    curve = [(b, math.exp(fp_nll + scale * e)) for b, e in quality_curve(choices, points=21)]
+    ctx.metric("predicted_ppl_curve", curve, basis=basis)
+    ctx.metric("predicted_ppl", math.exp(fp_nll + scale * layout.predicted_error), bpw=layout.bpw, basis=basis)
+    if gain is not None:
+        ctx.log(f"predicted quality {basis}")
     counts: dict[str, int] = {}
     for fmt in layout.formats.values():
         counts[fmt] = counts.get(fmt, 0) + 1

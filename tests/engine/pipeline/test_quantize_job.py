@@ -1,6 +1,7 @@
 """`bitsmith quantize` end to end through the real CLI: events, the saved folder, eval, resume, bad budgets."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -50,6 +51,25 @@ def test_quantize_then_eval_reproduces_the_recorded_perplexity(tiny_model_dir: P
     last = json.loads(ev.stdout.strip().splitlines()[-1])
     assert last["tokens"] == meta["metrics"]["scored_tokens"]
     assert last["ppl"] == meta["metrics"]["heldout_ppl"]  # bit-exact reload, same tokens and windows
+
+    # the run was recorded beside the measurement; the next run of it scales its predicted curve by the
+    # achieved/predicted ratio (set here by hand: on this random tiny model quantization may even lower the loss)
+    curve1 = next(e for e in events if e["event"] == "metric" and e["name"] == "predicted_ppl_curve")
+    assert curve1["basis"].startswith("before calibration")
+    (runs_file,) = (tmp_path / "cache" / "measure").glob("*.runs.json")
+    (run1,) = json.loads(runs_file.read_text())
+    fp = math.log(meta["metrics"]["heldout_ppl_fp"])
+    assert run1["achieved"] == pytest.approx(math.log(meta["metrics"]["heldout_ppl"]) - fp, abs=1e-9)
+    assert run1["predicted"] == pytest.approx(math.log(meta["metrics"]["predicted_ppl"]) - fp, abs=1e-9)
+    runs_file.write_text(json.dumps([{**run1, "predicted": 1.0, "achieved": 0.5}]))
+    again = _cli(tmp_path, "quantize", str(tiny_model_dir), "--bpw", "2.5", "--out", str(tmp_path / "q2"),
+                 "--preset", "demo", "--json")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    curve2 = next(e for e in _events(again.stdout) if e["event"] == "metric" and e["name"] == "predicted_ppl_curve")
+    assert "scaled by 0.50 from 1 earlier run" in curve2["basis"]
+    for (b1, p1), (b2, p2) in zip(curve1["value"], curve2["value"], strict=True):
+        assert b1 == b2 and math.log(p2) - fp == pytest.approx(0.5 * (math.log(p1) - fp), abs=1e-9)
+    assert len(json.loads(runs_file.read_text())) == 2  # the second run is recorded too
 
 
 @pytest.mark.slow
