@@ -32,6 +32,7 @@ JOB_MODULES: dict[str, str] = {
     "quantize": "bitsmith.engine.pipeline.quantize",
     "eval": "bitsmith.engine.pipeline.evaluate",
     "finetune": "bitsmith.engine.finetune.job",
+    "preview_dataset": "bitsmith.engine.finetune.preview",
     "chat": "bitsmith.engine.runtime.job",
     "export": "bitsmith.engine.export.job",
     "import": "bitsmith.engine.pipeline.importing",

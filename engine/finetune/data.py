@@ -262,14 +262,24 @@ def hub_files(repo_id: str) -> list[Path]:
     return files
 
 
+def hub_repo(source: str | Path) -> str | None:
+    """The Hub dataset id `source` names (`hub:owner/name`, or an `owner/name` that is no local path), else None."""
+    src = str(source)
+    if src.startswith("hub:"):
+        return src.removeprefix("hub:")
+    if _HUB_RE.match(src) and not src.startswith(".") and not Path(src).expanduser().exists():
+        return src
+    return None
+
+
 def load_dataset(source: str | Path, on_error: str = "stop") -> Dataset:
     """Records from a file, a folder, or `hub:owner/name`; `on_error` is "stop" or "skip" (malformed records)."""
     if on_error not in ("stop", "skip"):
         raise BadInputError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
     src = str(source)
     path = Path(src).expanduser()
-    if src.startswith("hub:") or (not path.exists() and _HUB_RE.match(src) and not src.startswith(".")):
-        repo = src.removeprefix("hub:")
+    repo = hub_repo(src)
+    if repo is not None:
         rows = (row for f in hub_files(repo) for row in _file_rows(f))
         return _collect(rows, f"hub:{repo}", on_error)
     if path.is_dir():

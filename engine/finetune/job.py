@@ -24,8 +24,9 @@ from bitsmith.engine.jobs import JobContext, job
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import describe_skipped, load_dataset
-from .packing import BatchPlan, eval_batches, fit_examples, pack_rows, split_documents
+from .packing import BatchPlan, eval_batches, fit_examples, pack_rows
 from .qsft import NonFiniteError, StepResult, TrainConfig, Trainer, memory_now
+from .split import DEFAULT_HELDOUT, split_documents
 from .template import ensure_chat_template, tokenize_record
 
 LOG_LINES = 50  # about this many progress lines per run
@@ -105,7 +106,7 @@ def _data(ctx: JobContext, params: dict[str, Any], tok: Any, cfg: TrainConfig) -
             ctx.log(describe_skipped(held_data.skipped), level="warning")
         train_recs, held_recs = data.records, held_data.records
     else:
-        train_recs, held_recs = split_documents(data.records, _get(params, "heldout", float, 0.1), cfg.seed)
+        train_recs, held_recs = split_documents(data.records, _get(params, "heldout", float, DEFAULT_HELDOUT), cfg.seed)
     if any(r.kind == "chat" for r in (*train_recs, *held_recs)) and ensure_chat_template(tok):
         ctx.log("the tokenizer has no chat template: using ChatML (<|im_start|>role ... <|im_end|>); it is saved "
                 "with the model, so chat uses the format it was trained on", level="warning")
@@ -142,7 +143,8 @@ def _fingerprint(cfg: TrainConfig, params: dict[str, Any]) -> str:
     from bitsmith.engine.pipeline.loading import source_identity
 
     ident = [cfg.fingerprint(), source_identity(str(params["model"])), source_identity(str(params["data"])),
-             str(params.get("eval_data") or ""), str(params.get("heldout", 0.1)), str(params.get("on_bad_line"))]
+             str(params.get("eval_data") or ""), str(params.get("heldout", DEFAULT_HELDOUT)),
+             str(params.get("on_bad_line"))]
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
 

@@ -1,4 +1,4 @@
-"""Train / held-out split by document, and padding-free rows of packed examples.
+"""Padding-free rows of packed examples (the train / held-out split by document is in split.py).
 
 Several examples share one row of at most `seq_len` tokens; position ids restart at 0 at every example,
 which transformers turns into a block-diagonal causal mask (no example attends to another), and targets
@@ -19,30 +19,10 @@ import torch
 
 from bitsmith.engine.errors import BadInputError
 
-from .data import Record
+from .split import split_documents  # noqa: F401 - re-exported: the split used to live here
 from .template import Example
 
 IGNORE = -100
-
-
-def split_documents(records: Sequence[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """(train, held-out): a seeded choice of round(fraction · n) whole documents (at least 1) is held out."""
-    if not 0.0 <= fraction < 1.0:
-        raise BadInputError(f"the held-out fraction must be in [0, 1), got {fraction}", "use e.g. 0.1")
-    if fraction == 0.0:
-        return list(records), []
-    n = len(records)
-    if n < 2:
-        raise BadInputError(
-            "the data has a single document, so none can be held out for evaluation",
-            "give more documents (separate them with two blank lines), pass a held-out file (--eval-data), "
-            "or turn evaluation off (--heldout 0)",
-        )
-    k = min(max(1, round(fraction * n)), n - 1)
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    held = set(order[:k])
-    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
 @dataclass
