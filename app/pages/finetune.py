@@ -1,6 +1,7 @@
-"""The Fine-tune page: a quantized model from the library, a dataset file, the method (Q-SFT or LoRA) and its
-settings with the planner's memory estimate, then the `finetune` job with a live loss chart, log and cancel.
-Running the same output again resumes from the job's checkpoints (the engine keeps them)."""
+"""The Fine-tune page: a quantized model from the library, a dataset (a file, or a Hub dataset id when online)
+with a preview of its first examples as they will be trained, the method (Q-SFT or LoRA) and its settings with
+the planner's memory estimate, then the `finetune` job with a live loss chart, log and cancel. Running the same
+output again resumes from the job's checkpoints (the engine keeps them)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from PySide6.QtWidgets import (
 
 from ..charts import LineChart
 from ..qtjob import QtJob
+from .dataset_preview import DatasetPreview
 from .models import scan_library
 
 METHODS = (("qsft", "Q-SFT — tune the quantized codes themselves (full fine-tune, low memory)"),
@@ -70,10 +72,13 @@ class FinetunePage(QWidget):
         form = QFormLayout()
         self.model_combo = QComboBox()
         self.model_combo.currentIndexChanged.connect(self.update_estimate)
+        self.model_combo.currentIndexChanged.connect(self.update_preview)
         form.addRow("Model", self.model_combo)
         row = QHBoxLayout()
         self.data_edit = QLineEdit()
-        self.data_edit.setPlaceholderText("a .jsonl file of chats / instructions, or a .txt file of plain text")
+        self.data_edit.setPlaceholderText("a .jsonl / .json file of chats or instructions, a .txt file of plain text, "
+                                          "or a Hub dataset id such as tatsu-lab/alpaca")
+        self.data_edit.editingFinished.connect(self.update_preview)
         browse = QPushButton("Choose…")
         browse.clicked.connect(self._browse_data)
         row.addWidget(self.data_edit, 1)
@@ -104,6 +109,8 @@ class FinetunePage(QWidget):
         self.estimate_label.setWordWrap(True)
         form.addRow("Memory", self.estimate_label)
         v.addLayout(form)
+        self.preview_box = DatasetPreview(services)
+        v.addWidget(self.preview_box)
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start fine-tuning")
         self.start_button.clicked.connect(self.start)
@@ -157,9 +164,17 @@ class FinetunePage(QWidget):
 
     def _browse_data(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a dataset", str(Path.home()),
-                                              "Datasets (*.jsonl *.json *.txt);;All files (*)")
+                                              "Datasets (*.jsonl *.json *.parquet *.txt *.md);;All files (*)")
         if path:
             self.data_edit.setText(path)
+            self.update_preview()
+
+    def update_preview(self) -> None:
+        """Preview the dataset field's file or Hub dataset, formatted with the chosen model's chat template."""
+        data = self.data_edit.text().strip()
+        if data:
+            model = self.model_combo.currentData()
+            self.preview_box.request(data, model[0] if model else None)
 
     def _method_changed(self) -> None:
         self.lr_spin.setValue(DEFAULT_LR[self.method_combo.currentData()])
@@ -182,9 +197,12 @@ class FinetunePage(QWidget):
         """The finetune request the form describes."""
         model = Path(self.model_combo.currentData()[0])
         method = self.method_combo.currentData()
-        return {"model": str(model), "data": self.data_edit.text().strip(), "method": method,
-                "steps": self.steps_spin.value(), "lr": self.lr_spin.value(), "seq_len": self.seq_spin.value(),
-                "out": str(model.with_name(f"{model.name}-{method}"))}
+        params = {"model": str(model), "data": self.data_edit.text().strip(), "method": method,
+                  "steps": self.steps_spin.value(), "lr": self.lr_spin.value(), "seq_len": self.seq_spin.value(),
+                  "out": str(model.with_name(f"{model.name}-{method}"))}
+        if self.preview_box.skip_malformed:
+            params["on_bad_line"] = "skip"
+        return params
 
     def start(self) -> None:
         """Start (or resume) the finetune job."""
@@ -247,3 +265,7 @@ class FinetunePage(QWidget):
     def on_shown(self) -> None:
         """Pick up models quantized since the page was built."""
         self.refresh_models()
+
+    def shutdown(self) -> None:
+        """Stop a running dataset preview (the window is closing; the fine-tune job is the job manager's)."""
+        self.preview_box.shutdown()
