@@ -1,6 +1,9 @@
 """The Quantize wizard: model → hardware → budget → run → results, driving the engine's `quantize` job.
 
-The budget step's figures come from the torch-free planner (live while the slider moves); the run step shows
+The hardware step shows the detected machine and lets the user plan for other memory (another machine, or
+headroom kept free): a GPU memory and RAM override, remembered in the settings, with "Reset to detected".
+The budget step's figures come from the torch-free planner (live while the slider moves) for that memory; the
+run step shows
 the worker's stages, progress, ETA and log; the results step reads the finished folder's bitsmith.json
 (model_summary) and offers chat, GGUF export and the folder. Running the same output again resumes: the
 engine keeps per-block checkpoints next to the output.
@@ -22,6 +25,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QFrame,
     QGridLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -45,6 +49,7 @@ STEPS = ("Model", "Hardware", "Budget", "Run", "Results")
 PRESETS = (("demo", "Demo — a few minutes, rough"), ("default", "Default — balanced"),
            ("best", "Best — slow, highest quality"))
 GIB = 2**30
+PLAN_GPU_KEY, PLAN_RAM_KEY = "quantize/plan_gpu_gb", "quantize/plan_ram_gb"  # the user's planning memory (GB)
 
 
 def _title(text: str) -> QLabel:
@@ -132,10 +137,14 @@ class QuantizePage(QWidget):
         self.metrics: dict[str, Any] = {}
         self.result: dict[str, Any] | None = None
         self.curve: list[tuple[float, float]] = []
+        self.curve_basis = ""  # what the engine says the predicted curve rests on
         self.summary: dict[str, Any] | None = None
         self.stage_rows: dict[str, StageRow] = {}
         self._out_edited = False
         self._loading = False
+        self.plan_gpu_gb: float | None = self._saved_gb(PLAN_GPU_KEY)
+        self.plan_ram_gb: float | None = self._saved_gb(PLAN_RAM_KEY)
+        self._syncing = False
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(18, 14, 18, 12)
@@ -233,6 +242,31 @@ class QuantizePage(QWidget):
         row.addWidget(redo)
         row.addStretch(1)
         v.addLayout(row)
+        box = QGroupBox("Memory to plan for")
+        form = QFormLayout(box)
+        self.gpu_spin = QDoubleSpinBox()
+        self.gpu_spin.setRange(0.0, 2048.0)
+        self.gpu_spin.setSpecialValueText("none — plan for the CPU alone")
+        self.gpu_spin.setAccessibleName("GPU memory to plan for, in GB")
+        self.ram_spin = QDoubleSpinBox()
+        self.ram_spin.setRange(0.5, 16384.0)
+        self.ram_spin.setAccessibleName("RAM to plan for, in GB")
+        for spin, which in ((self.gpu_spin, "gpu"), (self.ram_spin, "ram")):
+            spin.setDecimals(1)
+            spin.setSingleStep(0.5)
+            spin.setSuffix(" GB")
+            spin.setEnabled(False)
+            spin.valueChanged.connect(lambda value, w=which: self._plan_edited(w, value))
+        form.addRow("GPU memory", self.gpu_spin)
+        form.addRow("RAM", self.ram_spin)
+        self.reset_plan_button = QPushButton("Reset to detected")
+        self.reset_plan_button.clicked.connect(self.reset_plan)
+        self.plan_note = _muted("")
+        reset_row = QHBoxLayout()
+        reset_row.addWidget(self.reset_plan_button)
+        reset_row.addWidget(self.plan_note, 1)
+        form.addRow(reset_row)
+        v.addWidget(box)
         v.addStretch(1)
         return page
 
@@ -278,11 +312,14 @@ class QuantizePage(QWidget):
         self.vram_label = QLabel("")
         self.vram_label.setStyleSheet("font-size: 15px; font-weight: 600;")
         self.calib_label = _muted("")
+        self.plan_label = _muted("")
+        self.chat_title = _muted("Chat on this machine")
         grid.addWidget(_muted("Predicted size"), 0, 0)
         grid.addWidget(self.size_label, 1, 0)
-        grid.addWidget(_muted("Chat on this machine"), 0, 1)
+        grid.addWidget(self.chat_title, 0, 1)
         grid.addWidget(self.vram_label, 1, 1)
         grid.addWidget(self.calib_label, 2, 0, 1, 2)
+        grid.addWidget(self.plan_label, 3, 0, 1, 2)
         v.addLayout(grid)
 
         form = QFormLayout()
@@ -513,8 +550,78 @@ class QuantizePage(QWidget):
             "Calibration and chat will use the GPU." if str(device).startswith(("cuda", "mps")) else
             "No usable GPU was found: everything runs on the CPU. Small models (like the demo) are fine; "
             "large ones are slow.")
+        self._sync_plan_spins()
         if self.step() == 2:
             self._update_budget()
+
+    # -- memory to plan for -------------------------------------------------------------------------
+    def _saved_gb(self, key: str) -> float | None:
+        value = self.services.settings.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+    def detected_memory(self) -> tuple[float, float] | None:
+        """(GPU memory, RAM) in GB that detection found for planning, or None before detection."""
+        profile = self.services.hardware.profile
+        return qb.detected_memory_gb(profile) if profile is not None else None
+
+    def planning_profile(self) -> dict[str, Any] | None:
+        """The detected profile with the user's GPU memory and RAM in place of the detected ones."""
+        return qb.planning_profile(self.services.hardware.profile, self.plan_gpu_gb, self.plan_ram_gb)
+
+    def _sync_plan_spins(self) -> None:
+        """Show the memory planned for: the user's values where set, else the detected ones."""
+        detected = self.detected_memory()
+        self._syncing = True
+        for spin, override, i in ((self.gpu_spin, self.plan_gpu_gb, 0), (self.ram_spin, self.plan_ram_gb, 1)):
+            spin.setEnabled(detected is not None)
+            if detected is not None:
+                spin.setValue(override if override is not None else round(detected[i], 1))
+        self._syncing = False
+        overridden = self.plan_gpu_gb is not None or self.plan_ram_gb is not None
+        self.reset_plan_button.setEnabled(overridden)
+        if detected is None:
+            self.plan_note.setText("")
+        elif overridden:
+            self.plan_note.setText(f"Planning with your values (detected: {detected[0]:.1f} GB of GPU memory free, "
+                                   f"{detected[1]:.1f} GB of RAM available).")
+        else:
+            self.plan_note.setText("Planning with the detected memory. Change it to plan for another machine or to "
+                                   "keep some memory free for other programs.")
+
+    def _plan_edited(self, which: str, value: float) -> None:
+        if self._syncing:
+            return
+        value = round(float(value), 1)
+        if which == "gpu":
+            self.plan_gpu_gb = value
+            self.services.settings.set(PLAN_GPU_KEY, value)
+        else:
+            self.plan_ram_gb = value
+            self.services.settings.set(PLAN_RAM_KEY, value)
+        self._sync_plan_spins()
+        if self.info is not None:
+            self._update_budget()
+
+    def reset_plan(self) -> None:
+        """Plan for the detected memory again."""
+        self.plan_gpu_gb = self.plan_ram_gb = None
+        self.services.settings.set(PLAN_GPU_KEY, None)
+        self.services.settings.set(PLAN_RAM_KEY, None)
+        self._sync_plan_spins()
+        if self.info is not None:
+            self._update_budget()
+
+    def _show_plan_override(self) -> None:
+        """On the budget step: say when the figures are for the user's memory rather than this machine's."""
+        overridden = self.services.hardware.profile is not None and (
+            self.plan_gpu_gb is not None or self.plan_ram_gb is not None)
+        self.chat_title.setText("Chat with the memory you plan for" if overridden else "Chat on this machine")
+        if not overridden:
+            self.plan_label.setText("")
+            return
+        gpu, ram = (qb.detected_memory_gb(self.planning_profile()))
+        gpu_text = f"{gpu:.1f} GB of GPU memory" if gpu > 0 else "no GPU"
+        self.plan_label.setText(f"Planned for {gpu_text} and {ram:.1f} GB of RAM (your values on the Hardware step).")
 
     # -- budget -----------------------------------------------------------------------------------
     def _prepare_budget(self) -> None:
@@ -550,8 +657,9 @@ class QuantizePage(QWidget):
             self.size_label.setText("–")
             self.vram_label.setText("Choose a model first")
             return
-        fig = qb.figures(self.info, self.bpw(), self.services.hardware.profile,
+        fig = qb.figures(self.info, self.bpw(), self.planning_profile(),
                          local=self.source == "bundled" or Path(self.source).exists())
+        self._show_plan_override()
         self.figures = fig
         self.size_label.setText(f"{fig.size_gb * 1024:,.0f} MB  (from {fig.source16_gb * 1024:,.0f} MB in 16 bits)"
                                 if fig.size_gb < 1 else f"{fig.size_gb:.2f} GB  (from {fig.source16_gb:.2f} GB)")
@@ -568,8 +676,7 @@ class QuantizePage(QWidget):
         """Predicted quality from this model's last measurement when there is one, else predicted size."""
         chart = self.budget_curve
         if self.curve:
-            chart.title, chart.y_label, chart.log_y = "Predicted perplexity (last measurement of this model)", \
-                "perplexity", True
+            chart.title, chart.y_label, chart.log_y = self._curve_title("Predicted perplexity"), "perplexity", True
             chart.set_points(self.curve, self._curve_point(self.bpw()))
             return
         from bitsmith.engine.plan import quantized_bytes
@@ -581,6 +688,10 @@ class QuantizePage(QWidget):
         pts = [(b / 100, quantized_bytes(self.info, b / 100) / 2**20) for b in steps]
         now = self.bpw()
         chart.set_points(pts, (now, quantized_bytes(self.info, now) / 2**20))
+
+    def _curve_title(self, what: str) -> str:
+        """The chart title with what the prediction rests on (the engine's words; an older run's curve has none)."""
+        return f"{what}: {self.curve_basis}" if self.curve_basis else f"{what} (last measurement of this model)"
 
     def _curve_point(self, bpw: float) -> tuple[float, float] | None:
         pts = sorted(self.curve)
@@ -596,6 +707,7 @@ class QuantizePage(QWidget):
         saved = self.services.settings.get(key)
         if isinstance(saved, list):
             self.curve = [(float(a), float(b)) for a, b in saved]
+        self.curve_basis = str(self.services.settings.get(f"quantize/curve_basis/{self.source}") or "")
         self._draw_budget_chart()
 
     # -- run --------------------------------------------------------------------------------------
@@ -671,8 +783,10 @@ class QuantizePage(QWidget):
             name = ev.get("name")
             if name == "predicted_ppl_curve" and isinstance(ev.get("value"), list):
                 self.curve = [(float(a), float(b)) for a, b in ev["value"]]
+                self.curve_basis = str(ev.get("basis") or "")
                 if self.source:
                     self.services.settings.set(f"quantize/curve/{self.source}", [list(p) for p in self.curve])
+                    self.services.settings.set(f"quantize/curve_basis/{self.source}", self.curve_basis)
             elif name == "ppl":
                 self.metrics[f"ppl_{ev.get('model', '')}"] = ev.get("value")
                 self.log_view.appendPlainText(f"perplexity ({ev.get('model')}): {float(ev['value']):.2f}")
@@ -741,6 +855,7 @@ class QuantizePage(QWidget):
         if self.curve:
             predicted = self.metrics.get("predicted_ppl")
             marker = (float(self.result["bpw"]), float(predicted)) if predicted else None
+        self.curve_chart.title = self._curve_title("Predicted quality vs budget")
         self.curve_chart.measured = (float(self.result["bpw"]), float(self.result["ppl"]))
         self.curve_chart.set_points(self.curve, marker)
         self.export_bar.setVisible(False)

@@ -1,8 +1,10 @@
 """The numbers behind the Quantize wizard's budget step, torch-free: the smallest feasible budget, the planner's
-size and chat-memory figures, and where the output goes. Kept apart from the widgets so tests can check them."""
+size and chat-memory figures (for the detected machine or the memory the user plans for), and where the output
+goes. Kept apart from the widgets so tests can check them."""
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass
@@ -71,6 +73,51 @@ def figures(info: ModelInfo, bpw: float, profile: dict[str, Any] | None, *, loca
     plan = plan_model(info, bpw, HardwareProfile.from_dict(profile), source_on_disk=local)
     chat, calib = plan.stages["chat"], plan.stages["calibrate"]
     return BudgetFigures(bpw, size, src16, chat.verdict, chat.gpu_gb, chat.cpu_gb, chat.gap_gb, calib.verdict)
+
+
+def detected_memory_gb(profile: dict[str, Any]) -> tuple[float, float]:
+    """(GPU memory, RAM) in GB that the planner takes from a detected profile: the free memory of the GPU it
+    would use (Apple: the MPS working set; 0 without a usable GPU) and the available RAM."""
+    from bitsmith.engine.hardware import HardwareProfile
+    from bitsmith.engine.plan import accelerator
+
+    hw = HardwareProfile.from_dict(profile)
+    return accelerator(hw).budget / GIB, hw.ram_available_bytes / GIB
+
+
+def planning_profile(profile: dict[str, Any] | None, gpu_gb: float | None = None,
+                     ram_gb: float | None = None) -> dict[str, Any] | None:
+    """The profile the planner should see: `profile` with the user's GPU memory and RAM in place of the detected
+    ones (None keeps a detected value). GPU memory 0 plans for the CPU alone; on a machine without a GPU a
+    positive value plans for one (another machine). Only the GPU the plan uses is kept, so it stays the one."""
+    if profile is None or (gpu_gb is None and ram_gb is None):
+        return profile
+    from bitsmith.engine.hardware import HardwareProfile
+    from bitsmith.engine.plan import MPS_WORKING_SET_FRACTION
+
+    data = copy.deepcopy(profile)
+    if ram_gb is not None:
+        ram = int(max(ram_gb, 0.0) * GIB)
+        data["ram_available_bytes"] = ram
+        data["ram_total_bytes"] = max(int(data.get("ram_total_bytes") or 0), ram)
+    if gpu_gb is not None:
+        gpu = int(max(gpu_gb, 0.0) * GIB)
+        device = HardwareProfile.from_dict(profile).best_device
+        if gpu == 0:
+            data["gpus"] = []
+            if data.get("apple"):
+                data["apple"] = {**data["apple"], "mps_usable": False, "mps_reason": "planning for the CPU alone"}
+        elif device.startswith("cuda:"):
+            index = int(device.split(":")[1])
+            [chosen] = [dict(g) for g in data["gpus"] if g["index"] == index]
+            chosen["free_bytes"], chosen["total_bytes"] = gpu, max(int(chosen["total_bytes"]), gpu)
+            data["gpus"] = [chosen]
+        elif device == "mps":
+            data["apple"] = {**data["apple"], "unified_memory_bytes": int(gpu / MPS_WORKING_SET_FRACTION)}
+        else:
+            data["gpus"] = [{"index": 0, "name": "planned GPU", "total_bytes": gpu, "free_bytes": gpu}]
+    data["best_device"] = HardwareProfile.from_dict(data).best_device
+    return data
 
 
 def model_slug(source: str) -> str:

@@ -145,3 +145,88 @@ def test_a_demo_quantize_of_the_bundled_model_from_the_wizard(qtbot, page, home:
         qtbot.mouseClick(page.export_button, Qt.MouseButton.LeftButton)
     gguf = out.with_name(out.name + ".gguf")
     assert gguf.is_file() and page.export_status.text().startswith(f"Exported {gguf}"), page.export_status.text()
+
+
+def test_planning_memory_follows_the_users_values_and_resets_to_detected(qtbot, page, home: Path,  # noqa: ANN001
+                                                                          gpu_profile) -> None:
+    from bitsmith.app.chat.models import bundled_path
+    from bitsmith.app.pages.quantize import PLAN_GPU_KEY, PLAN_RAM_KEY
+    from bitsmith.engine.modelinfo import ModelInfo
+    from bitsmith.engine.plan import plan_model
+
+    if bundled_path() is None:
+        pytest.skip("the bundled SmolLM2 GGUF is not installed")
+    info = ModelInfo.from_gguf(bundled_path(), "SmolLM2-135M-Instruct")
+    detected = gpu_profile(free_gb=7.0, total_gb=8.0)  # 24 GB of RAM available
+
+    def chat(profile: dict) -> str:
+        est = plan_model(info, page.bpw(), HardwareProfile.from_dict(profile), source_on_disk=True).stages["chat"]
+        return {"gpu": f"Chat runs on the GPU: {est.gpu_gb:.2f} GB of VRAM",
+                "cpu": f"Chat runs on the CPU: {est.cpu_gb:.2f} GB of RAM"}.get(est.verdict, est.verdict)
+
+    page.services.hardware.profile = detected
+    page.services.hardware.profile_changed.emit(detected)
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.step() == 1, timeout=60_000)
+    assert (page.gpu_spin.value(), page.ram_spin.value()) == (7.0, 24.0)
+    assert page.gpu_spin.isEnabled() and not page.reset_plan_button.isEnabled()
+    assert page.plan_note.text().startswith("Planning with the detected memory")
+    # Plan for a machine whose GPU has 0.2 GB free: the chat figures move to the CPU.
+    page.gpu_spin.setValue(0.2)
+    assert page.reset_plan_button.isEnabled() and "detected: 7.0 GB" in page.plan_note.text()
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    assert page.step() == 2
+    small_gpu = gpu_profile(free_gb=0.2, total_gb=8.0)
+    assert page.vram_label.text() == chat(small_gpu) and page.vram_label.text().startswith("Chat runs on the CPU")
+    assert page.plan_label.text().startswith("Planned for 0.2 GB of GPU memory and 24.0 GB of RAM")
+    assert page.chat_title.text() == "Chat with the memory you plan for"
+    # No GPU and half a GB of RAM: nothing fits.
+    qtbot.mouseClick(page.back_button, Qt.MouseButton.LeftButton)
+    page.gpu_spin.setValue(0.0)
+    page.ram_spin.setValue(0.5)
+    assert page.gpu_spin.text().startswith("none")
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    tiny = {**detected, "gpus": [], "ram_available_bytes": 2**29, "best_device": "cpu"}
+    est = plan_model(info, page.bpw(), HardwareProfile.from_dict(tiny), source_on_disk=True).stages["chat"]
+    assert est.verdict == "no_fit" and page.vram_label.text() == f"Won't fit for chat: {est.gap_gb:.2f} GB short"
+    assert page.plan_label.text().startswith("Planned for no GPU and 0.5 GB of RAM")
+    # Remembered in the settings; a detection refresh keeps the user's values.
+    assert (page.services.settings.get(PLAN_GPU_KEY), page.services.settings.get(PLAN_RAM_KEY)) == (0.0, 0.5)
+    page.services.hardware.profile_changed.emit(detected)
+    assert page.vram_label.text().startswith("Won't fit")
+    # Reset: back to the detected memory and the detected machine's figures.
+    qtbot.mouseClick(page.back_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(page.reset_plan_button, Qt.MouseButton.LeftButton)
+    assert (page.gpu_spin.value(), page.ram_spin.value()) == (7.0, 24.0) and not page.reset_plan_button.isEnabled()
+    assert page.services.settings.get(PLAN_GPU_KEY) is None and page.services.settings.get(PLAN_RAM_KEY) is None
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    assert page.vram_label.text() == chat(detected) and page.vram_label.text().startswith("Chat runs on the GPU")
+    assert page.plan_label.text() == "" and page.chat_title.text() == "Chat on this machine"
+
+
+def test_planning_profile_plans_for_another_machine(gpu_profile) -> None:  # noqa: ANN001
+    from bitsmith.app.pages import quantize_budget as qb
+    from bitsmith.engine.hardware import AppleInfo, CpuInfo
+    from bitsmith.engine.plan import accelerator
+
+    gib = 2**30
+    two = gpu_profile(free_gb=7.0, total_gb=8.0)
+    two["gpus"].append({**two["gpus"][0], "index": 1, "name": "small", "total_bytes": 4 * gib, "free_bytes": 3 * gib})
+    assert qb.planning_profile(two) is two and qb.detected_memory_gb(two) == (7.0, 24.0)
+    # The GPU the plan uses keeps its place even when given less than the other one has.
+    hw = HardwareProfile.from_dict(qb.planning_profile(two, gpu_gb=2.0))
+    assert [g.index for g in hw.gpus] == [0] and accelerator(hw).budget == 2 * gib and hw.gpus[0].total_bytes == 8 * gib
+    # A CPU-only machine planned with a 12 GB GPU, and with 64 GB of RAM.
+    cpu_only = HardwareProfile(cpu=CpuInfo("c", "x86_64", 4, 8), ram_total_bytes=16 * gib,
+                               ram_available_bytes=12 * gib).to_dict()
+    assert qb.detected_memory_gb(cpu_only) == (0.0, 12.0)
+    planned = qb.planning_profile(cpu_only, gpu_gb=12.0, ram_gb=64.0)
+    assert planned["best_device"] == "cuda:0" and qb.detected_memory_gb(planned) == (12.0, 64.0)
+    assert planned["ram_total_bytes"] == 64 * gib and cpu_only["gpus"] == []  # the detected profile is untouched
+    # An Apple machine: the MPS working set follows the value; 0 plans for the CPU alone.
+    mac = HardwareProfile(cpu=CpuInfo("m", "arm64", 8, 8), ram_total_bytes=16 * gib, ram_available_bytes=10 * gib,
+                          apple=AppleInfo("Apple M2", 16 * gib, "14.0", True)).to_dict()
+    assert qb.detected_memory_gb(mac)[0] == pytest.approx(16 * 0.7)
+    assert qb.detected_memory_gb(qb.planning_profile(mac, gpu_gb=8.0))[0] == pytest.approx(8.0, abs=1e-6)
+    none = qb.planning_profile(mac, gpu_gb=0.0)
+    assert none["best_device"] == "cpu" and qb.detected_memory_gb(none)[0] == 0.0
