@@ -1,4 +1,5 @@
-"""Start the desktop app: `python -m bitsmith.app` or the `bitsmith-app` launcher."""
+"""Start the desktop app: `python -m bitsmith.app` or the `bitsmith-app` launcher. A second launch for the same
+user and data folder brings the running window to the front and exits (app/single_instance.py)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     app.setDesktopFileName("bitsmith")
     _set_icon(app)
 
+    from bitsmith.engine import paths
+
+    from .single_instance import SingleInstance, bring_to_front
+
+    instance = SingleInstance(paths.data_dir())
+    if not instance.acquire():  # another window owns this data folder: show it instead of opening a second
+        return instance.hand_over({"page": args.page} if args.page else {})
+
     from .services import Services
     from .theme import apply_theme
     from .window import PAGES, MainWindow
@@ -61,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"bitsmith-app: unknown page {args.page!r}; pages: {', '.join(PAGE_NAMES)}", file=sys.stderr)
     window.show()
+    instance.activated.connect(lambda message: bring_to_front(window, message, PAGE_NAMES))
     QTimer.singleShot(0, services.hardware.start)  # detection runs in a worker after the first paint
     if args.exit_when_shown:
         def report() -> None:
@@ -69,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             app.quit()
 
         QTimer.singleShot(0, report)
-    return app.exec()
+    try:
+        return app.exec()
+    finally:
+        instance.release()
 
 
 if __name__ == "__main__":
