@@ -77,9 +77,10 @@ class JobManager(QObject):
         self._all: list[QtJob] = []  # every worker this window started, closed on shutdown
 
     def start(self, kind: str, params: Mapping[str, Any] | None = None, *, job_id: str | None = None,
-              track: bool = True) -> QtJob:
-        """Start a job in a worker process; `track` False keeps it out of the running count (e.g. probes)."""
-        job = QtJob(kind, params, client=self.client, env=self.env, job_id=job_id, parent=self)
+              track: bool = True, env: Mapping[str, str] | None = None) -> QtJob:
+        """Start a job in a worker process; `track` False keeps it out of the running count (e.g. probes);
+        `env` adds variables for this job only (a secret such as HF_TOKEN, kept out of request.json)."""
+        job = QtJob(kind, params, client=self.client, env={**self.env, **(env or {})}, job_id=job_id, parent=self)
         self._all = [j for j in self._all if j.running or j.handle is None]
         self._all.append(job)
         if track:

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMainWindow,
     QMessageBox,
+    QPushButton,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -155,6 +156,7 @@ class MainWindow(QMainWindow):
         self._restore_geometry()
         start = services.settings.get("window/page", DEFAULT_PAGE)
         self.show_page(start if start in self._names else DEFAULT_PAGE)
+        self._offer_downloads()
 
     # -- building ---------------------------------------------------------------------------------
     def _build_status_bar(self) -> None:
@@ -165,6 +167,23 @@ class MainWindow(QMainWindow):
         for w in (self.gpu_label, self.ram_label, self.jobs_label):
             w.setContentsMargins(8, 0, 8, 0)
             bar.addPermanentWidget(w)
+
+    def _offer_downloads(self) -> None:
+        """Downloads left unfinished when Bitsmith last closed: a status-bar button leads to them on the Models
+        page, which offers to resume them."""
+        from .downloads import read_downloads
+
+        n = len(read_downloads(self.services.data_dir))
+        self.downloads_button = QPushButton(f"{n} unfinished download{'s' if n != 1 else ''}: resume…")
+        self.downloads_button.setFlat(True)
+        self.downloads_button.setToolTip("Open the Models page to resume, pause or cancel them")
+        self.downloads_button.clicked.connect(self._open_downloads)
+        self.statusBar().addWidget(self.downloads_button)
+        self.downloads_button.setVisible(n > 0 and "models" not in self.pages)
+
+    def _open_downloads(self) -> None:
+        self.downloads_button.setVisible(False)
+        self.show_page("models")
 
     def _build_actions(self) -> None:
         for i, (name, label) in enumerate(PAGES):
@@ -232,6 +251,8 @@ class MainWindow(QMainWindow):
         widget = self.page(name)
         self.stack.setCurrentIndex(row)
         self.services.settings.set("window/page", name)
+        if name == "models" and hasattr(self, "downloads_button"):
+            self.downloads_button.setVisible(False)  # the Models page shows the downloads itself
         hook = getattr(widget, "on_shown", None)
         if callable(hook):
             hook()

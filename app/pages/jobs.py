@@ -9,10 +9,8 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices, QFont
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPlainTextEdit,
     QPushButton,
@@ -25,9 +23,11 @@ from PySide6.QtWidgets import (
 
 from bitsmith.engine import jobfiles
 
+from ..tables import setup_list_table
+
 REFRESH_MS = 1500
 LOG_TAIL_BYTES = 200_000
-HIDDEN_KINDS = ("hardware",)  # the status bar's periodic probes
+HIDDEN_KINDS = ("hardware", "preview_dataset")  # the status bar's periodic probes, the fine-tune page's previews
 STATUS_TEXT = {"running": "Running", "done": "Done", "error": "Failed", "cancelled": "Cancelled"}
 
 
@@ -92,7 +92,7 @@ class JobsPage(QWidget):
         title.setStyleSheet("font-size: 17px; font-weight: 600;")
         head.addWidget(title)
         head.addStretch(1)
-        self.show_probes = QCheckBox("Show hardware checks")
+        self.show_probes = QCheckBox("Show hardware checks and dataset previews")
         self.show_probes.toggled.connect(self.refresh)
         head.addWidget(self.show_probes)
         refresh = QPushButton("Refresh")
@@ -103,12 +103,7 @@ class JobsPage(QWidget):
         split = QSplitter(Qt.Orientation.Vertical)
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["Job", "Kind", "Status", "Started (UTC)", "Last update"])
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        setup_list_table(self.table)
         self.table.itemSelectionChanged.connect(self._show_selected)
         split.addWidget(self.table)
 

@@ -1,5 +1,6 @@
-"""The Models page: the local library (Bitsmith folders, downloaded Hugging Face folders, .gguf files) and a Hub
-search as you type with a fit badge per result for this machine at the chosen budget.
+"""The Models page: the local library (Bitsmith folders, downloaded Hugging Face folders, .gguf files), a Hub
+search as you type with a fit badge per result for this machine at the chosen budget, a details pane for the
+selected result with resumable downloads (model_details, model_downloads, app/downloads.py).
 
 The library is read from the models folder without torch (model_summary reads bitsmith.json). The search runs
 the Hub client (bitsmith.engine.hub) on a pool thread, debounced; each result's fit comes from the planner with
@@ -16,11 +17,9 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, QUrl
 from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QMessageBox,
@@ -33,40 +32,14 @@ from PySide6.QtWidgets import (
 )
 
 from ..background import error_text, run_in_background
+from ..downloads import DownloadManager
+from ..tables import setup_list_table
+from .model_details import ModelDetailsPane
+from .model_downloads import DownloadsPanel
+from .model_format import fit_badge, human_bytes, human_count
 
 DEBOUNCE_MS = 400
 SEARCH_LIMIT = 25
-FIT_COLORS = {"gpu": "#2e9d58", "offload": "#d08a1e", "cpu": "#3d7be0", "no_fit": "#d0473a"}
-
-
-def fit_badge(fit: Any, note: str | None = None) -> tuple[str, str]:
-    """(text, colour) of a search result's fit verdict: GPU / partial / CPU / won't fit, with the gap in GB."""
-    if fit is None:
-        return ("unknown", "#8a8f98") if not note else ("unknown — " + note.split(".")[0][:60], "#8a8f98")
-    gap = fit.gap_gb or 0.0
-    if fit.verdict == "gpu":
-        return f"GPU ✓ ({-gap:.1f} GB to spare)", FIT_COLORS["gpu"]
-    if fit.verdict == "offload":
-        return f"partial: {gap:.1f} GB in RAM", FIT_COLORS["offload"]
-    if fit.verdict == "cpu":
-        return "CPU only", FIT_COLORS["cpu"]
-    return f"won't fit: {gap:.1f} GB short", FIT_COLORS["no_fit"]
-
-
-def human_bytes(n: int | float | None) -> str:
-    """'812 MB', '4.6 GB', or '–'."""
-    if n is None:
-        return "–"
-    if n >= 2**30:
-        return f"{n / 2**30:.1f} GB"
-    return f"{n / 2**20:,.0f} MB"
-
-
-def human_count(n: int | None) -> str:
-    """'135 M', '7.6 B', or '–'."""
-    if not n:
-        return "–"
-    return f"{n / 1e9:.1f} B" if n >= 1e9 else f"{n / 1e6:,.0f} M"
 
 
 def _dir_bytes(path: Path) -> int:
@@ -118,6 +91,8 @@ class ModelsPage(QWidget):
         self.results: list[Any] = []
         self._search_seq = 0
         self.searching = False
+        self.downloads = DownloadManager(services, parent=self)
+        self.downloads.completed.connect(self._download_completed)
 
         v = QVBoxLayout(self)
         v.setContentsMargins(18, 14, 18, 12)
@@ -144,7 +119,7 @@ class ModelsPage(QWidget):
         lv.addLayout(head)
         self.lib_table = QTableWidget(0, 6)
         self.lib_table.setHorizontalHeaderLabels(["Model", "Kind", "Size", "Bits/weight", "Perplexity", "Source"])
-        self._setup_table(self.lib_table)
+        setup_list_table(self.lib_table)
         self.lib_table.itemSelectionChanged.connect(self._lib_selection)
         self.lib_table.doubleClicked.connect(lambda _i: self.chat_selected())
         lv.addWidget(self.lib_table, 1)
@@ -162,6 +137,8 @@ class ModelsPage(QWidget):
             buttons.addWidget(b)
         buttons.addStretch(1)
         lv.addLayout(buttons)
+        self.downloads_panel = DownloadsPanel(self.downloads)
+        lv.addWidget(self.downloads_panel)
         split.addWidget(lib)
 
         hub = QWidget()
@@ -209,8 +186,14 @@ class ModelsPage(QWidget):
         self.hub_table = QTableWidget(0, 6)
         self.hub_table.setHorizontalHeaderLabels(["Model", "Parameters", "Size (16-bit)", "Downloads", "License",
                                                   "Fit on this machine"])
-        self._setup_table(self.hub_table)
-        hv.addWidget(self.hub_table, 1)
+        setup_list_table(self.hub_table)
+        self.hub_table.itemSelectionChanged.connect(self._hub_selection)
+        self.details = ModelDetailsPane(self.downloads)
+        hsplit = QSplitter(Qt.Orientation.Horizontal)
+        hsplit.addWidget(self.hub_table)
+        hsplit.addWidget(self.details)
+        hsplit.setSizes([620, 420])
+        hv.addWidget(hsplit, 1)
         split.addWidget(hub)
         split.setSizes([320, 380])
         v.addWidget(split, 1)
@@ -222,16 +205,6 @@ class ModelsPage(QWidget):
         services.settings.changed.connect(self._on_setting)
         self._check_offline()
         self.refresh_library()
-
-    @staticmethod
-    def _setup_table(table: QTableWidget) -> None:
-        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        table.verticalHeader().setVisible(False)
-        header = table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
 
     def _on_setting(self, key: str) -> None:
         if key == "models_dir":
@@ -370,9 +343,12 @@ class ModelsPage(QWidget):
         run_in_background(call, done, failed)
 
     def show_results(self, models: list[Any], bpw: float) -> None:
-        """Fill the results table."""
+        """Fill the results table; the details pane keeps its model when the new results still have it."""
         self.results = list(models)
+        shown = self.details.model_id
         t = self.hub_table
+        t.blockSignals(True)
+        t.clearSelection()
         t.setRowCount(len(models))
         for i, m in enumerate(models):
             text, color = fit_badge(m.fit, m.fit_note)
@@ -385,8 +361,38 @@ class ModelsPage(QWidget):
                     item.setForeground(QColor(color))
                     item.setToolTip(m.fit_note or f"chat at {bpw:g} bits per weight on this machine")
                 t.setItem(i, col, item)
+        keep = next((i for i, m in enumerate(models) if m.id == shown), None)
+        if keep is not None:
+            t.selectRow(keep)
+            self.details.update_result(models[keep], fit_badge(models[keep].fit, models[keep].fit_note))
+        t.blockSignals(False)
+        if keep is None and shown is not None:
+            self.details.show_model(None)
         self.search_status.setText(f"{len(models)} model{'s' if len(models) != 1 else ''} · fit for chat at "
                                    f"{bpw:g} bpw on this machine" if models else "No models found.")
+
+    def selected_result(self) -> Any:
+        """The selected Hub search result."""
+        rows = {i.row() for i in self.hub_table.selectedItems()}
+        return self.results[min(rows)] if rows and min(rows) < len(self.results) else None
+
+    def _hub_selection(self) -> None:
+        m = self.selected_result()
+        if m is None:
+            return  # keep the pane on the last model (a download may be running)
+        if m.id != self.details.model_id:
+            self.details.show_model(m, fit_badge(m.fit, m.fit_note))
+
+    def _download_completed(self, model_id: str, path: str) -> None:
+        self.refresh_library()
+        for i, m in enumerate(self.library):
+            if str(m["path"]) == path:
+                self.lib_table.selectRow(i)
+        self.search_status.setText(f"{model_id} downloaded to {path}.")
+
+    def shutdown(self) -> None:
+        """The window is closing: remember how far the downloads got (they resume on the next start)."""
+        self.downloads.shutdown()
 
     def on_shown(self) -> None:
         """Re-read the library (jobs may have added models); online, show popular models until the user types."""

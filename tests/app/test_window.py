@@ -124,3 +124,23 @@ def test_the_window_and_every_page_load_without_torch(home: Path) -> None:
     out = subprocess.run([sys.executable, "-c", _NO_TORCH], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_unfinished_downloads_are_offered_at_start(qtbot, _window, home: Path) -> None:
+    import json
+
+    first = _window(qtbot)
+    assert not first.downloads_button.isVisible()  # nothing unfinished
+    first.close()
+    saved = [{"model": "acme/tiny-chat", "dest": str(home / "models" / "acme--tiny-chat"), "status": "downloading",
+              "done_bytes": 1000, "total_bytes": 4000, "job_id": None, "error": None}]
+    (home / "downloads.json").write_text(json.dumps({"downloads": saved}))
+    window = _window(qtbot)
+    assert window.current_page_name() != "models"
+    assert window.downloads_button.isVisible() and window.downloads_button.text().startswith("1 unfinished download")
+    qtbot.mouseClick(window.downloads_button, Qt.MouseButton.LeftButton)
+    assert window.current_page_name() == "models" and not window.downloads_button.isVisible()
+    panel = window.pages["models"].downloads_panel
+    assert panel.isVisible() and panel.resume_all_button.isVisible()
+    assert panel.table.item(0, 0).text() == "acme/tiny-chat" and panel.table.item(0, 1).text() == "Interrupted"
+    window.close()
