@@ -45,9 +45,9 @@ def stored_token() -> str | None:
 
 def staging_paths(dest: Path) -> list[Path]:
     """The hidden staging folder and lock file the engine keeps next to `dest` while downloading."""
-    from bitsmith.engine.hub_download import _staging
+    from bitsmith.engine.hub_download import staging_dir
 
-    return [_staging(dest), dest.parent / f".{dest.name}.lock"]
+    return [staging_dir(dest), dest.parent / f".{dest.name}.lock"]
 
 
 class RateMeter:

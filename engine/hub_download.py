@@ -276,7 +276,8 @@ def default_dest(model_id: str) -> Path:
     return models_dir() / model_id.replace("/", "--")
 
 
-def _staging(dest: Path) -> Path:
+def staging_dir(dest: Path) -> Path:
+    """Where a download into `dest` keeps its partial files (public: the app deletes them on cancel)."""
     return dest.parent / f".{dest.name}.partial"
 
 
@@ -369,7 +370,7 @@ def _serve_local(model_id: str, revision: str | None, dest: Path, reason: str) -
     hint = f"connect to the internet and run `bitsmith download {model_id}` again (it resumes where it stopped)"
     if is_offline():
         hint += ", with HF_HUB_OFFLINE unset"
-    state = _read_state(_staging(dest))
+    state = _read_state(staging_dir(dest))
     if state and state.get("model_id") == model_id:
         planned = state.get("files", {})
         missing = [n for n in planned if n not in state.get("done", {})]
@@ -674,7 +675,7 @@ def download_model(
                               "local", revision)
     _prepare_dest(dest, model_id)
 
-    staging = _staging(dest)
+    staging = staging_dir(dest)
     state = _read_state(staging) or {}
     if state.get("model_id") != model_id:
         state = {}
