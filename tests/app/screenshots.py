@@ -114,6 +114,8 @@ def main() -> int:
     window.show_page("models")
     models.search_edit.setText("llama")
     _wait(app, lambda: models.hub_table.rowCount() > 0 and not models.searching, 60)
+    models.hub_table.selectRow(0)  # the details pane: the card, files and fit of the first result
+    _wait(app, lambda: bool(models.details.model_id) and not models.details.loading, 30)
     if models.library:
         models.lib_table.selectRow(0)
 
