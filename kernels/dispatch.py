@@ -38,12 +38,14 @@ WeightGradHook = Callable[[torch.Tensor], None]
 def choose_path(m: int, device: torch.device, bits: int, group_size: int) -> str:
     """Which implementation serves `m` rows on `device`: one of PATHS.
 
-    torch: dequantize with torch then matmul (no Triton for this device, or 3-bit codes). dense: the Triton dequantize
-    kernel then cuBLAS (group sizes the fused kernels cannot tile). gemv / splitk / gemm: fused kernels
-    for M <= GEMV_MAX_M, M <= SPLITK_MAX_M and larger M.
+    torch: dequantize with torch then matmul (no Triton for this device, or 3-bit codes beyond the GEMV's
+    M). dense: the Triton dequantize kernel then cuBLAS (group sizes the fused kernels cannot tile).
+    gemv / splitk / gemm: fused kernels for M <= GEMV_MAX_M, M <= SPLITK_MAX_M and larger M.
     """
-    if not kernels_usable(device) or not triton_width(bits):
+    if not kernels_usable(device):
         return "torch"
+    if not triton_width(bits):  # 3-bit: only the GEMV unpacks 10-code words
+        return "gemv" if m <= GEMV_MAX_M else "torch"
     if not words_fit_groups(bits, group_size):
         return "dense"
     if m <= GEMV_MAX_M:
@@ -56,6 +58,8 @@ def choose_path(m: int, device: torch.device, bits: int, group_size: int) -> str
 def eligible_paths(m: int, bits: int, group_size: int) -> list[str]:
     """The paths that can serve `m` rows of this format on a GPU (the tuner times them and keeps the fastest)."""
     paths = []
+    if not triton_width(bits):
+        return ["gemv"] if m <= GEMV_MAX_M else []
     if words_fit_groups(bits, group_size):
         if m <= GEMV_MAX_M:
             paths.append("gemv")

@@ -7,6 +7,8 @@ code-times-activation products accumulate in float32 without the group scale, wh
 per word as `s * (sum_j x_j q_j - z * sum_j x_j)`. Split-K programs write float32 partials that a
 second, tiny kernel sums in a fixed order (deterministic, no atomics, no memset). Compiled for sm_90
 this loop is about five instructions per code (LOP3, FADD, FFMA, plus activation loads and masks).
+3-bit words (10 codes) may straddle two groups: each code then loads its own group's scale and zero and
+is dequantized before the products (correct under the interpreter; not yet timed on a GPU).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def _gemv_kernel(
     # Rows are unrolled by hand (BLOCK_M <= 4) so that every tensor stays 2-D in the layout of the
     # weight load: 3-D broadcasts made Triton move each tile through shared memory.
     P: tl.constexpr = 32 // BITS
+    # 3-bit words hold 10 codes and may straddle two groups: then every code takes its own group's statistics
+    WORD_IN_GROUP: tl.constexpr = GROUP % P == 0
     WORDS_PER_GROUP: tl.constexpr = GROUP // P
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -93,9 +97,10 @@ def _gemv_kernel(
         ok = (kw < kw_total)[:, None] & n_ok[None, :]
         w = tl.load(qw_ptr + kw[:, None] * N + offs_n[None, :], mask=ok, other=0,
                     eviction_policy="evict_first").to(tl.uint32, bitcast=True)
-        sz_offs = (kw // WORDS_PER_GROUP)[:, None] * N + offs_n[None, :]
-        s = tl.load(s_ptr + sz_offs, mask=ok, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + sz_offs, mask=ok, other=0.0).to(tl.float32)
+        if WORD_IN_GROUP:
+            sz_offs = (kw // WORDS_PER_GROUP)[:, None] * N + offs_n[None, :]
+            s = tl.load(s_ptr + sz_offs, mask=ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + sz_offs, mask=ok, other=0.0).to(tl.float32)
         part0 = tl.zeros([BLOCK_KW, BLOCK_N], tl.float32)
         part1 = tl.zeros([BLOCK_KW, BLOCK_N], tl.float32)
         part2 = tl.zeros([BLOCK_KW, BLOCK_N], tl.float32)
@@ -106,22 +111,41 @@ def _gemv_kernel(
         xs3 = tl.zeros([BLOCK_KW], tl.float32)
         # Codes of each 16-bit half sit at SHIFT < 16 after at most one shift per word (see code_f32).
         for j in tl.static_range(P):
-            if (j * BITS) % 16 == 0:
-                wh = w >> ((j * BITS) // 16 * 16)
-            q = code_f32(wh, code_mask, (j * BITS) % 16)
+            if BITS != 3:
+                if (j * BITS) % 16 == 0:
+                    wh = w >> ((j * BITS) // 16 * 16)
+                q = code_f32(wh, code_mask, (j * BITS) % 16)
+            else:  # the fields at bits 21..29 are read after one shift (code_f32 needs SHIFT + b <= 23)
+                if j * BITS + BITS <= 23:
+                    q = code_f32(w, code_mask, j * BITS)
+                else:
+                    q = code_f32(w >> 21, code_mask, j * BITS - 21)
             k = kw * P + j
+            if not WORD_IN_GROUP:  # dequantize here with this code's group; the partials need no scaling later
+                kk_ok = (k < K)[:, None] & n_ok[None, :]
+                sz_j = (k // GROUP)[:, None] * N + offs_n[None, :]
+                s_j = tl.load(s_ptr + sz_j, mask=kk_ok, other=0.0).to(tl.float32)
+                q = (q - tl.load(z_ptr + sz_j, mask=kk_ok, other=0.0).to(tl.float32)) * s_j
             part0, xs0 = _row_products(part0, xs0, q, x0, k, k < K)
             if BLOCK_M > 1:
                 part1, xs1 = _row_products(part1, xs1, q, x1, k, k < k1)
             if BLOCK_M > 2:
                 part2, xs2 = _row_products(part2, xs2, q, x2, k, k < k2)
                 part3, xs3 = _row_products(part3, xs3, q, x3, k, k < k3)
-        acc0 += s * (part0 - z * xs0[:, None])
-        if BLOCK_M > 1:
-            acc1 += s * (part1 - z * xs1[:, None])
-        if BLOCK_M > 2:
-            acc2 += s * (part2 - z * xs2[:, None])
-            acc3 += s * (part3 - z * xs3[:, None])
+        if WORD_IN_GROUP:
+            acc0 += s * (part0 - z * xs0[:, None])
+            if BLOCK_M > 1:
+                acc1 += s * (part1 - z * xs1[:, None])
+            if BLOCK_M > 2:
+                acc2 += s * (part2 - z * xs2[:, None])
+                acc3 += s * (part3 - z * xs3[:, None])
+        else:
+            acc0 += part0
+            if BLOCK_M > 1:
+                acc1 += part1
+            if BLOCK_M > 2:
+                acc2 += part2
+                acc3 += part3
 
     out_ty = out_ptr.dtype.element_ty
     o = out_ptr + pid_s * stride_os + offs_n
@@ -134,8 +158,8 @@ def _gemv_kernel(
 
 
 def supports(bits: int, group_size: int) -> bool:
-    """Whether this kernel handles the format: each packed word must lie inside one group."""
-    return words_fit_groups(bits, group_size)
+    """Whether this kernel handles the format: each packed word inside one group, or 3-bit codes (any group)."""
+    return bits == 3 or words_fit_groups(bits, group_size)
 
 
 def candidates(m: int, n: int, k: int, bits: int) -> list[Config]:
@@ -183,7 +207,7 @@ def gemv(
     if x.dim() != 2 or x.shape[0] > MAX_M:
         raise ValueError(f"gemv takes x of shape [M<={MAX_M}, K], got {tuple(x.shape)}")
     if not supports(bits, group_size):
-        raise ValueError(f"gemv needs group_size a multiple of {32 // bits}, got {group_size}")
+        raise ValueError(f"gemv needs group_size a multiple of {32 // bits} at {bits} bits, got {group_size}")
     if x.stride(-1) != 1:
         x = x.contiguous()
     m = x.shape[0]

@@ -6,8 +6,9 @@ Layout (GPTQ's, also the on-disk layout of shared/DESIGN.md §3): a weight of sh
 A K that is not a multiple of p is padded with zero codes, which every kernel masks out.
 
 3-bit codes go 10 to a word (bits 0..29; the top two bits stay zero): 3.2 stored bits per code, and a
-word never straddles two codes, so unpacking stays one shift and mask. The fused Triton kernels tile
-words in powers of two and do not take 10-code words: INT3 layers run dequantize-then-matmul in torch.
+word never straddles two codes, so unpacking stays one shift and mask. The GEMV (batch <= 4, i.e. decode)
+unpacks 10-code words; the tensor-core kernels tile words in powers of two and do not, so larger batches of
+INT3 layers dequantize in torch and then matmul.
 """
 
 from __future__ import annotations

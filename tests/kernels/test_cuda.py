@@ -36,6 +36,16 @@ def test_every_path(make, dtype, bits, group, n, k) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [128, 60])
+def test_three_bit_gemv_and_the_torch_path_above_it(make, dtype, group) -> None:
+    w = make.weight(1000, 4096, 3, group, torch.float16, "cuda")
+    for m in (1, 3, 4, 5, 80):
+        x = make.act(m, 4096, dtype=dtype, device="cuda")
+        err = rel_err(quant_matmul(x, *w.args), reference.matmul(x.float(), *w.args))
+        assert err < TOL[dtype], f"int3/g{group} M={m} {dtype}: {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_backward_and_dequantize(make, dtype) -> None:
     from bitsmith.kernels.backward import matmul_backward_input
 
