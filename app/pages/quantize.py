@@ -327,6 +327,7 @@ class QuantizePage(QWidget):
         for key, text in PRESETS:
             self.preset_combo.addItem(text, key)
         self.preset_combo.setCurrentIndex(self.preset_combo.findData("default"))
+        self.preset_combo.currentIndexChanged.connect(self._preset_changed)  # presets may search other formats
         form.addRow("Effort", self.preset_combo)
         out_row = QHBoxLayout()
         self.out_edit = QLineEdit()
@@ -625,7 +626,7 @@ class QuantizePage(QWidget):
 
     # -- budget -----------------------------------------------------------------------------------
     def _prepare_budget(self) -> None:
-        low = qb.min_feasible_bpw(self.info)
+        low = qb.min_feasible_bpw(self.info, qb.preset_formats(self.preset_combo.currentData()))
         self.min_bpw = low
         self.slider.blockSignals(True)
         self.slider.setMinimum(int(round(low * 100)))
@@ -639,6 +640,10 @@ class QuantizePage(QWidget):
             button.setToolTip("" if b >= low else f"below the smallest layout of this model ({low:.2f} bpw)")
         self._set_bpw(max(self.bpw(), low))
         self._load_cached_curve()
+
+    def _preset_changed(self) -> None:
+        if getattr(self, "info", None) is not None:
+            self._prepare_budget()
 
     def bpw(self) -> float:
         """The chosen budget."""

@@ -17,19 +17,25 @@ from bitsmith.engine.quant.spec import parse_spec
 
 MAX_BPW = 4.25  # every layer INT4/g128: the top of the slider
 PRESET_BUDGETS = (2.2, 2.5, 3.0, 4.0)
-SMALLEST_FORMAT = "int2_g64"
 GIB = 2**30
 
 
-def min_feasible_bpw(info: ModelInfo, fmt: str = SMALLEST_FORMAT) -> float:
-    """The budget of the all-INT2 layout (codes + scales + zeros, shorter last groups included), rounded up
-    to a hundredth: no layout of the pipeline's formats goes below it."""
-    spec = parse_spec(fmt)
+def preset_formats(preset: str) -> tuple[str, ...]:
+    """The candidate formats the engine's preset searches over (engine/pipeline/presets.py, torch-free)."""
+    from bitsmith.engine.pipeline.presets import get_preset
+
+    return tuple(get_preset(preset).formats)
+
+
+def min_feasible_bpw(info: ModelInfo, formats: tuple[str, ...] = ("int2_g64",)) -> float:
+    """The budget of the smallest layout: every layer in its cheapest candidate format (codes + statistics,
+    shorter last groups included), rounded up to a hundredth: no layout the search can build goes below it."""
+    specs = [parse_spec(f) for f in formats]
     bits = weights = 0
     for lin in info.linears:
-        lb = layer_bits(lin.out_features, lin.in_features, spec)
-        bits += lb.bpw * lin.out_features * lin.in_features
-        weights += lin.out_features * lin.in_features
+        n, k = lin.out_features, lin.in_features
+        bits += min(layer_bits(n, k, spec).total for spec in specs)
+        weights += n * k
     return math.ceil(bits / max(weights, 1) * 100 - 1e-6) / 100
 
 
