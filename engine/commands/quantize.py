@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="default", choices=("demo", "default", "best"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--formats", default=None, help="comma-separated candidate formats for the layout search "
-                   "(default: the preset's, int4_g128,int2_g64), e.g. int4_g128_dq8,int2_g64_dq8")
+                   "(default: the preset's), e.g. int4_g128_dq8,int3_g128_dq8,int2_g64_dq8")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code")
     p.add_argument("--json", action="store_true", help="print the job's events as JSON lines")
     p.set_defaults(func=_run)

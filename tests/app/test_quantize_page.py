@@ -40,8 +40,9 @@ def test_budget_step_shows_the_planners_size_and_chat_memory(qtbot, page, home: 
     profile = gpu_profile()
     _to_budget(qtbot, page, profile)
     info = ModelInfo.from_gguf(bundled_path(), "SmolLM2-135M-Instruct")
-    # SmolLM2's hidden size 576 leaves shorter last groups: all-INT2 costs 2.29 bpw, so 2.2 is not offered.
-    assert page.min_label.text() == "2.29" and page.slider.minimum() == 229 and page.slider.maximum() == 425
+    # SmolLM2's hidden size 576 leaves shorter last groups: the default preset's smallest layout (all INT2/g64 with
+    # 8-bit scale codes) costs 2.21 bpw, so 2.2 is not offered; the demo preset's plain INT2/g64 costs 2.29.
+    assert page.min_label.text() == "2.21" and page.slider.minimum() == 221 and page.slider.maximum() == 425
     assert not page.preset_buttons[2.2].isEnabled() and page.preset_buttons[2.5].isEnabled()
     for preset in (2.5, 3.0, 4.0):
         qtbot.mouseClick(page.preset_buttons[preset], Qt.MouseButton.LeftButton)
@@ -52,16 +53,20 @@ def test_budget_step_shows_the_planners_size_and_chat_memory(qtbot, page, home: 
         assert chat.verdict == "gpu" and page.vram_label.text() == f"Chat runs on the GPU: {chat.gpu_gb:.2f} GB of VRAM"
         assert page.out_edit.text().endswith(f"SmolLM2-135M-Instruct-{preset:.2f}bpw")
     chart = page.budget_curve  # before any measurement: predicted size over the slider's range, marker at the budget
-    assert chart.title.startswith("Predicted size") and chart.points[0][0] == 2.29 and chart.points[-1][0] == 4.25
+    assert chart.title.startswith("Predicted size") and chart.points[0][0] == 2.21 and chart.points[-1][0] == 4.25
     assert chart.marker == (4.0, pytest.approx(quantized_bytes(info, 4.0) / 2**20))
     sizes = []
-    for value in (229, 300, 425):
+    for value in (221, 300, 425):
         page.slider.setValue(value)
         assert page.bpw_spin.value() == pytest.approx(value / 100)
         sizes.append(float(page.size_label.text().split(" MB")[0].replace(",", "")))
     assert sizes[0] < sizes[1] < sizes[2]
     page.bpw_spin.setValue(2.0)  # below the floor: clamped
-    assert page.bpw() == 2.29
+    assert page.bpw() == 2.21
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("demo"))  # the demo searches the plain pair
+    assert page.min_label.text() == "2.29" and page.bpw() == 2.29
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("default"))
+    assert page.min_label.text() == "2.21"
     # A GPU too small for even the runtime: chat moves to the CPU, said in plain words.
     tiny = gpu_profile(free_gb=0.2, total_gb=0.5)
     page.services.hardware.profile = tiny
