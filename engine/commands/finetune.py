@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate of scales and norms (qsft, default 1e-3) or adapters (lora, default 5e-4)")
     p.add_argument("--code-lr", type=float, default=None,
-                   help="qsft: code steps per update for a typical weight (default 0.05)")
+                   help="qsft: code steps per update for a typical weight (default 0.01)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per packed sequence (default 512)")
     p.add_argument("--method", choices=("qsft", "lora"), default="qsft")
     p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch (default 1)")

@@ -65,7 +65,8 @@ class TrainConfig:
     method: str = "qsft"
     steps: int = 200
     lr: float | None = None  # Adam: Q-SFT's log-scales and norms, or LoRA's adapters (None: DEFAULT_LR)
-    code_lr: float = 0.05  # Q-SFT: code steps per update for a typical weight (also Adam's lr of float zeros)
+    code_lr: float = 0.01  # Q-SFT: code steps per update for a typical weight (also Adam's lr of float zeros);
+    # 0.01 beat 0.005, 0.02 and 0.05 over 200 steps on SmolLM2 (docs/benchmarks/qsft.md)
     seq_len: int = 512
     batch_size: int = 1
     grad_accum: int = 1

@@ -44,7 +44,8 @@ def _params(tiny_folder: Path, data: Path, out: Path, **kw) -> dict:
 def test_finetune_job_writes_an_ordinary_folder_with_the_same_bpw(tiny_folder, tmp_path, write_jsonl) -> None:
     data = _dataset(tmp_path / "d.jsonl", write_jsonl)
     out = tmp_path / "ft"
-    code, events = _run(_params(tiny_folder, data, out))
+    # a code step size large enough that 6 steps surely move codes (the default, 0.01, is tuned for 200+ steps)
+    code, events = _run(_params(tiny_folder, data, out, code_lr=0.05))
     assert code == 0, [e for e in events if e["event"] == "error"]
     result = next(e for e in events if e["event"] == "result")
     for key in ("train_loss", "heldout_loss_before", "heldout_loss_after"):
