@@ -126,6 +126,7 @@ class DownloadManager(QObject):
 
     changed = Signal(str)  # model id whose entry changed (or left the list)
     completed = Signal(str, str)  # model id, folder: the model is in the library now
+    write_failed = Signal(str)  # the list could not be saved (a full or read-only disk)
 
     def __init__(self, services: Any, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -267,3 +268,4 @@ class DownloadManager(QObject):
             self.write_error = None
         except OSError as exc:  # a full or read-only disk must not stop the download itself
             self.write_error = f"could not save the download list to {self.path}: {exc}"
+            self.write_failed.emit(self.write_error)

@@ -31,6 +31,7 @@ class Settings(QObject):
     """Small app settings as one JSON file in the data folder, written atomically on every change."""
 
     changed = Signal(str)
+    write_failed = Signal(str)  # what could not be saved and why (a full or read-only disk)
 
     def __init__(self, path: str | Path | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -54,6 +55,7 @@ class Settings(QObject):
             self.write_error = None
         except OSError as exc:  # a read-only or full disk must not break the window
             self.write_error = f"could not save settings to {self.path}: {exc}"
+            self.write_failed.emit(self.write_error)
         self.changed.emit(key)
 
     def all(self) -> dict[str, Any]:

@@ -161,6 +161,9 @@ class MainWindow(QMainWindow):
     # -- building ---------------------------------------------------------------------------------
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
+        self.services.settings.write_failed.connect(
+            lambda why: bar.showMessage(f"Settings not saved: {why}. Free some disk space; changes apply until you "
+                                        "close Bitsmith.", 20_000))
         self.gpu_label = QLabel("Detecting hardware…")
         self.ram_label = QLabel("RAM …")
         self.jobs_label = QLabel("No jobs running")

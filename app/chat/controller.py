@@ -16,7 +16,7 @@ from PySide6.QtCore import QObject, Signal
 from ..qtjob import QtJob
 from ..services import JobManager
 from . import models
-from .store import DEFAULT_TITLE, ChatStore, Conversation, Message
+from .store import DEFAULT_TITLE, ChatStore, Conversation, Message, StoreError
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "seed")
 DEFAULT_SAMPLING: dict[str, Any] = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 512, "seed": None}
@@ -87,13 +87,17 @@ class ChatController(QObject):
         if trouble is not None:
             self.problem.emit(*trouble)
             return False
-        history = self.store.history(conv.id)
-        user = self.store.add_message(conv.id, "user", text)
-        answer = self.store.add_message(conv.id, "assistant", "", status="streaming",
-                                        meta={"model": models.label(conv.model), "backend": conv.backend})
-        if conv.title == DEFAULT_TITLE and not history:
-            conv = self.store.rename(conv.id, title_from(text))
-            self.conversation_changed.emit(conv)
+        try:  # a full disk or a locked database: say so and start nothing
+            history = self.store.history(conv.id)
+            user = self.store.add_message(conv.id, "user", text)
+            answer = self.store.add_message(conv.id, "assistant", "", status="streaming",
+                                            meta={"model": models.label(conv.model), "backend": conv.backend})
+            if conv.title == DEFAULT_TITLE and not history:
+                conv = self.store.rename(conv.id, title_from(text))
+                self.conversation_changed.emit(conv)
+        except StoreError as exc:
+            self.problem.emit(f"The message was not sent: {exc}", exc.hint)
+            return False
         self.message_added.emit(user)
         self.message_added.emit(answer)
         self.turn = _Turn(conv.id, answer.id, time.monotonic())
@@ -110,7 +114,11 @@ class ChatController(QObject):
         """Edit-and-resend: delete this user message and everything after it, then send `text`."""
         if self.turn is not None:
             return False
-        self.store.truncate_from(message_id)
+        try:
+            self.store.truncate_from(message_id)
+        except StoreError as exc:
+            self.problem.emit(f"The edited message was not sent: {exc}", exc.hint)
+            return False
         return self.send(conv, text)
 
     def regenerate(self, conv: Conversation) -> bool:
@@ -172,7 +180,12 @@ class ChatController(QObject):
             if turn.first_token is None:
                 turn.first_token = now
             turn.tokens += 1
-            self.store.append_text(turn.message_id, text)
+            try:
+                self.store.append_text(turn.message_id, text)
+            except StoreError as exc:  # what cannot be saved is not written on: stop, keep what was saved
+                self.token.emit(turn.message_id, text)
+                self._save_failed(exc)
+                return
             self.token.emit(turn.message_id, text)
             elapsed = now - turn.first_token
             self.speed.emit(turn.tokens, (turn.tokens - 1) / elapsed if elapsed > 0 else 0.0)
@@ -226,11 +239,22 @@ class ChatController(QObject):
             msg = self.store.finish_message(turn.message_id, status, meta, content=content)
         except KeyError:  # the conversation was deleted meanwhile
             msg = None
+        except StoreError as exc:  # the turn still ends: the Send button must come back
+            msg = None
+            self.problem.emit(f"The answer could not be saved: {exc}", exc.hint)
         if msg is not None:
             self.message_finished.emit(msg)
         self.busy_changed.emit(False)
         if self.ready:
             self.status.emit(f"Ready · {models.label(str(self.job_key[0] if self.job_key else ''))}")
+
+    def _save_failed(self, exc: StoreError) -> None:
+        """The database refused a write mid-answer (disk full): stop generating and end the turn."""
+        if self.job is not None:
+            self.job.send({"type": "stop"})
+        self._finish_turn("error", {"error": str(exc)})
+        self.problem.emit(f"The answer was stopped because it could not be saved: {exc}",
+                          exc.hint or "free some disk space, then regenerate the answer")
 
     def shutdown(self) -> None:
         """The window closes: keep the partial answer as stopped and end the worker."""

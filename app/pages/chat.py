@@ -372,8 +372,12 @@ class ChatPage(QWidget):
         model = str(self.settings.get("chat/last_model", models.BUNDLED))
         backend = str(self.settings.get("chat/last_backend", "auto"))
         sampling = dict(self.settings.get("chat/last_sampling", DEFAULT_SAMPLING))
-        conv = self.store.create(model=model, backend=backend, sampling=sampling,
-                                 system=str(self.settings.get("chat/last_system", "")))
+        try:
+            conv = self.store.create(model=model, backend=backend, sampling=sampling,
+                                     system=str(self.settings.get("chat/last_system", "")))
+        except StoreError as exc:
+            self.show_problem(f"No new chat was started: {exc}", exc.hint)
+            return
         self.search.blockSignals(True)
         self.search.clear()
         self.search.blockSignals(False)
@@ -576,6 +580,9 @@ class ChatPage(QWidget):
                 self.store.truncate_from(editing)
             except KeyError:
                 pass
+            except StoreError as exc:
+                self.show_problem(f"The edited message was not sent: {exc}", exc.hint)
+                return
             self.view.set_messages(self.store.messages(self.conv.id))
         if self.controller.send(self.conv, text):
             self.input.clear()
@@ -595,7 +602,11 @@ class ChatPage(QWidget):
         last_user = next((m for m in reversed(self.store.messages(self.conv.id)) if m.role == "user"), None)
         if last_user is None:
             return
-        self.store.truncate_from(last_user.id)
+        try:
+            self.store.truncate_from(last_user.id)
+        except StoreError as exc:
+            self.show_problem(f"The answer was not written again: {exc}", exc.hint)
+            return
         self.view.set_messages(self.store.messages(self.conv.id))
         self.controller.send(self.conv, last_user.content)
 

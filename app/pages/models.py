@@ -92,6 +92,7 @@ class ModelsPage(QWidget):
         self._search_seq = 0
         self.searching = False
         self.downloads = DownloadManager(services, parent=self)
+        self.downloads.write_failed.connect(self._download_list_not_saved)
         self.downloads.completed.connect(self._download_completed)
 
         v = QVBoxLayout(self)
@@ -216,6 +217,12 @@ class ModelsPage(QWidget):
         from bitsmith.engine.hub_common import is_offline
 
         return is_offline()
+
+    def _download_list_not_saved(self, why: str) -> None:
+        """Downloads go on, but a restart would not know them: say so where the downloads are."""
+        self.banner.setText(f"Your downloads continue, but {why}. Free some disk space, or Bitsmith will not "
+                            "offer to resume them after a restart.")
+        self.banner.setVisible(True)
 
     def _check_offline(self) -> bool:
         off = self.offline()

@@ -261,3 +261,52 @@ def test_closing_the_window_mid_answer_keeps_the_partial_answer(qtbot, chat, hom
     assert kept.status == "stopped" and kept.content.startswith(widget.message.content[:10])
     assert [w.message.id for w in page2.view.widgets.values()][-1] == answer_id
     window2.close()
+
+
+# ---- a full disk -------------------------------------------------------------------------------
+
+def _full_disk(*_a, **_k):  # noqa: ANN202 - what ChatStore raises when SQLite cannot write
+    from bitsmith.app.chat.store import StoreError
+
+    raise StoreError("could not save to the conversation database: database or disk is full",
+                     "free some disk space or close the other Bitsmith window, then try again")
+
+
+def test_a_full_disk_when_sending_says_so_and_starts_nothing(qtbot, chat, home: Path, monkeypatch) -> None:  # noqa: ANN001
+    window, page = chat()
+    conv_id = page.conv.id
+    monkeypatch.setattr(page.store, "add_message", _full_disk)
+    page.input.setPlainText("hello")
+    qtbot.mouseClick(page.send_button, Qt.MouseButton.LeftButton)
+    assert not page.controller.busy and page.controller.job is None  # no worker started for nothing
+    assert "was not sent" in page.banner.text() and "disk is full" in page.banner.text()
+    assert "free some disk space" in page.banner.text() and page.input.toPlainText() == "hello"  # text kept
+    monkeypatch.setattr(page.store, "create", _full_disk)
+    page.new_conversation()
+    assert page.conv.id == conv_id and "No new chat was started" in page.banner.text()
+    window.close()
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_answer_stops_it_and_frees_the_send_button(qtbot, chat, home: Path,  # noqa: ANN001
+                                                                        bundled_gguf: Path, monkeypatch) -> None:
+    window, page = chat()
+    _configure(page, max_tokens=300)
+    real_append, calls = page.store.append_text, []
+
+    def fills_up(message_id: int, text: str) -> None:
+        calls.append(text)
+        if len(calls) > 5:
+            _full_disk()
+        real_append(message_id, text)
+
+    monkeypatch.setattr(page.store, "append_text", fills_up)
+    page.input.setPlainText(LONG_PROMPT)
+    qtbot.mouseClick(page.send_button, Qt.MouseButton.LeftButton)
+    answer_id = _answer(page).id
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=120_000)
+    assert "stopped because it could not be saved" in page.banner.text()
+    assert page.send_button.isEnabled() and not page.stop_button.isEnabled()
+    saved = page.store.message(answer_id)  # the last write that worked: five tokens, marked as failed
+    assert saved.content == "".join(calls[:5]) and saved.status == "error"
+    window.close()

@@ -404,3 +404,17 @@ def test_rate_meter_and_progress_text() -> None:
     assert text == "512 MB of 2.0 GB (25 %) · 25.3 MB/s · about 42 s left"
     assert progress_text(3 * 2**20, None) == "3 MB"
     assert human_eta(3 * 3600 + 125) == "about 3 h 2 min left" and human_eta(None) == ""
+
+
+def test_a_download_list_that_cannot_be_saved_is_said_on_the_page(qtbot, monkeypatch) -> None:  # noqa: ANN001
+    from bitsmith.app import downloads as downloads_mod
+
+    page = _page(qtbot)
+
+    def full(*_a, **_k) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(downloads_mod, "write_json_atomic", full)
+    page.downloads._save()
+    assert page.banner.isVisible() and "Your downloads continue" in page.banner.text()
+    assert "No space left on device" in page.banner.text() and page.downloads.write_error

@@ -144,3 +144,18 @@ def test_unfinished_downloads_are_offered_at_start(qtbot, _window, home: Path) -
     assert panel.isVisible() and panel.resume_all_button.isVisible()
     assert panel.table.item(0, 0).text() == "acme/tiny-chat" and panel.table.item(0, 1).text() == "Interrupted"
     window.close()
+
+
+def test_settings_that_cannot_be_saved_are_said_in_the_status_bar(open_window, home, monkeypatch) -> None:  # noqa: ANN001
+    from bitsmith.app import services as services_mod
+
+    window = open_window("chat")
+
+    def full(*_a, **_k) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(services_mod, "write_json_atomic", full)
+    window.services.settings.set("chat/n_ctx", 4096)
+    assert window.services.settings.get("chat/n_ctx") == 4096  # it applies for this session
+    assert "Settings not saved" in window.statusBar().currentMessage()
+    assert "No space left on device" in window.statusBar().currentMessage()
