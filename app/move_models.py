@@ -20,19 +20,12 @@ from typing import Any, BinaryIO
 
 from bitsmith.engine.errors import BadInputError, DiskFullError
 
+from .pages.model_format import human_bytes
+
 MOVE_TMP_PREFIX = ".bitsmith-moving-"
 WRITE_PROBE = ".bitsmith-write-test"
 COPY_CHUNK = 8 * 2**20
 _TMP_NAME_MAX = 180  # keeps the temporary name under the usual 255-byte limit
-
-
-def human_size(n: int) -> str:
-    """'4.2 GB', '812 MB', '12 KB' (the Models page's units)."""
-    if n >= 2**30:
-        return f"{n / 2**30:.1f} GB"
-    if n >= 2**20 or n == 0:
-        return f"{n / 2**20:,.0f} MB"
-    return f"{max(n / 2**10, 1):,.0f} KB"
 
 
 def stays_behind(name: str) -> bool:
@@ -140,8 +133,8 @@ def check_space(plan: MovePlan) -> None:
     probe = next((p for p in (plan.dest, *plan.dest.parents) if p.exists()), plan.dest)
     free = shutil.disk_usage(probe).free
     if free < plan.total_bytes:
-        raise DiskFullError(f"the disk of {plan.dest} has {human_size(free)} free and the models need "
-                            f"{human_size(plan.total_bytes)}",
+        raise DiskFullError(f"the disk of {plan.dest} has {human_bytes(free)} free and the models need "
+                            f"{human_bytes(plan.total_bytes)}",
                             "Free some space there or choose a folder on another disk; nothing was moved")
 
 
@@ -181,7 +174,7 @@ class MoveReport:
         """Plain words: what moved, what did not, and what to do."""
         lines = []
         if self.moved:
-            lines.append(f"Moved to {self.dest}: {_names(self.moved)} ({human_size(self.moved_bytes)}).")
+            lines.append(f"Moved to {self.dest}: {_names(self.moved)} ({human_bytes(self.moved_bytes)}).")
         elif not self.skipped:
             lines.append("Nothing was moved.")
         if self.error:

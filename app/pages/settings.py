@@ -39,6 +39,7 @@ from bitsmith.engine.errors import BitsmithError
 from .. import move_models as mm
 from ..background import error_text, run_in_background
 from ..theme import THEMES, apply_theme
+from .model_format import human_bytes
 
 KEYRING_SERVICE = "Bitsmith"
 KEYRING_USER = "huggingface-token"
@@ -335,7 +336,7 @@ class SettingsPage(QWidget):
         from .models import scan_library  # the library's idea of a model, for the count the user sees
 
         n = len(scan_library(plan.source))
-        size = mm.human_size(plan.total_bytes)
+        size = human_bytes(plan.total_bytes)
         if n:
             return f"Move your {n} model{'s' if n != 1 else ''} ({size}) to the new folder?"
         k = len(plan.items)
@@ -404,7 +405,7 @@ class SettingsPage(QWidget):
             return
         self.move_bar.setValue(int(1000 * p.done_bytes / p.total_bytes) if p.total_bytes else 0)
         now = f" — {p.current}" if p.current and p.done_items < p.total_items else ""
-        self.move_label.setText(f"{mm.human_size(p.done_bytes)} of {mm.human_size(p.total_bytes)}, "
+        self.move_label.setText(f"{human_bytes(p.done_bytes)} of {human_bytes(p.total_bytes)}, "
                                 f"{p.done_items} of {p.total_items} items{now}")
 
     def cancel_move(self) -> None:
