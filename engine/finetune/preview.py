@@ -11,11 +11,11 @@ what is wrong) rather than only the first, with the counts of the train / held-o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from bitsmith.engine.errors import BadInputError
+from bitsmith.engine.jobfiles import read_json
 from bitsmith.engine.jobs import JobContext, job
 
 from .data import _HINT_FORMATS, Dataset, Record, hub_repo, load_dataset
@@ -57,9 +57,9 @@ class TemplateTokenizer:
     def from_folder(cls, folder: str | Path) -> TemplateTokenizer:
         """The chat template and special tokens of a Hugging Face / Bitsmith model folder, from its files."""
         folder = Path(folder)
-        config = _read_json(folder / "tokenizer_config.json")
+        config = _json_object(folder / "tokenizer_config.json")
         special: dict[str, str] = {}
-        for source in (_read_json(folder / "special_tokens_map.json"), config):
+        for source in (_json_object(folder / "special_tokens_map.json"), config):
             for name in SPECIAL_TOKENS:
                 text = _token_text(source.get(name))
                 if text:
@@ -67,12 +67,8 @@ class TemplateTokenizer:
         return cls(_folder_template(folder, config), special)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def _json_object(path: Path) -> dict[str, Any]:
+    return read_json(path) or {}
 
 
 def _token_text(value: Any) -> str | None:
@@ -88,7 +84,7 @@ def _folder_template(folder: Path, config: dict[str, Any]) -> str | None:
     if jinja.is_file():
         text = jinja.read_text(encoding="utf-8")
         return text if text.strip() else None
-    template = _read_json(folder / "chat_template.json").get("chat_template") or config.get("chat_template")
+    template = _json_object(folder / "chat_template.json").get("chat_template") or config.get("chat_template")
     if isinstance(template, list):  # named templates: the "default" one is what apply_chat_template uses
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
