@@ -44,7 +44,7 @@ def choose_path(m: int, device: torch.device, bits: int, group_size: int) -> str
     """
     if not kernels_usable(device):
         return "torch"
-    if not triton_width(bits):  # 3-bit: only the GEMV unpacks 10-code words
+    if not triton_width(bits):  # 3-bit: only the GEMV unpacks bit planes
         return "gemv" if m <= GEMV_MAX_M else "torch"
     if not words_fit_groups(bits, group_size):
         return "dense"

@@ -7,8 +7,10 @@ code-times-activation products accumulate in float32 without the group scale, wh
 per word as `s * (sum_j x_j q_j - z * sum_j x_j)`. Split-K programs write float32 partials that a
 second, tiny kernel sums in a fixed order (deterministic, no atomics, no memset). Compiled for sm_90
 this loop is about five instructions per code (LOP3, FADD, FFMA, plus activation loads and masks).
-3-bit words (10 codes) may straddle two groups: each code then loads its own group's scale and zero and
-is dequantized before the products (correct under the interpreter; not yet timed on a GPU).
+3-bit codes are bit planes (kernels/pack.py): a unit of 32 codes is three words, two of 2-bit fields and one
+of 1-bit fields, and each code is `lo + 4 hi`, both made as in `code_f32`. A group that is not a multiple
+of a unit's codes makes each code load its own group's scale and zero and be dequantized before the products
+(correct under the interpreter; 3-bit not yet timed on a GPU).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .jit_helpers import code_f32, splitk_reduce
+from .pack_layout import pack_unit
 from .triton_utils import (
     Config,
     cdiv,
@@ -64,8 +67,9 @@ def _gemv_kernel(
 ):
     # Rows are unrolled by hand (BLOCK_M <= 4) so that every tensor stays 2-D in the layout of the
     # weight load: 3-D broadcasts made Triton move each tile through shared memory.
-    P: tl.constexpr = 32 // BITS
-    # 3-bit words hold 10 codes and may straddle two groups: then every code takes its own group's statistics
+    # P codes per packing unit: one word, or at 3 bits three words (two 2-bit planes and a 1-bit plane)
+    P: tl.constexpr = 32 if BITS == 3 else 32 // BITS
+    # a unit that straddles two groups makes every code take its own group's statistics
     WORD_IN_GROUP: tl.constexpr = GROUP % P == 0
     WORDS_PER_GROUP: tl.constexpr = GROUP // P
     pid_n = tl.program_id(0)
@@ -75,6 +79,8 @@ def _gemv_kernel(
     n_ok = offs_n < N
     offs_i = tl.arange(0, BLOCK_KW)
     code_mask = code_mask.to(tl.uint32)
+    two_bits = code_mask >> 1  # 3 and 1 when BITS == 3 (the planes' masks)
+    one_bit = code_mask >> 2
     x0 = x_ptr
     x1 = x_ptr + stride_xm
     x2 = x_ptr + 2 * stride_xm
@@ -95,8 +101,16 @@ def _gemv_kernel(
     for c in range(count):
         kw = (first + c) * BLOCK_KW + offs_i
         ok = (kw < kw_total)[:, None] & n_ok[None, :]
-        w = tl.load(qw_ptr + kw[:, None] * N + offs_n[None, :], mask=ok, other=0,
-                    eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+        if BITS == 3:
+            w_offs = (3 * kw)[:, None] * N + offs_n[None, :]
+            w = tl.load(qw_ptr + w_offs, mask=ok, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+            w1 = tl.load(qw_ptr + w_offs + N, mask=ok, other=0,
+                         eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+            w2 = tl.load(qw_ptr + w_offs + 2 * N, mask=ok, other=0,
+                         eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+        else:
+            w = tl.load(qw_ptr + kw[:, None] * N + offs_n[None, :], mask=ok, other=0,
+                        eviction_policy="evict_first").to(tl.uint32, bitcast=True)
         if WORD_IN_GROUP:
             sz_offs = (kw // WORDS_PER_GROUP)[:, None] * N + offs_n[None, :]
             s = tl.load(s_ptr + sz_offs, mask=ok, other=0.0).to(tl.float32)
@@ -115,11 +129,15 @@ def _gemv_kernel(
                 if (j * BITS) % 16 == 0:
                     wh = w >> ((j * BITS) // 16 * 16)
                 q = code_f32(wh, code_mask, (j * BITS) % 16)
-            else:  # the fields at bits 21..29 are read after one shift (code_f32 needs SHIFT + b <= 23)
-                if j * BITS + BITS <= 23:
-                    q = code_f32(w, code_mask, j * BITS)
-                else:
-                    q = code_f32(w >> 21, code_mask, j * BITS - 21)
+            else:  # low plane: code j's 2-bit field of word j // 16; high plane: bit j of w2
+                if j % 8 == 0:
+                    if j < 16:
+                        lo_h = w >> ((j % 16) // 8 * 16)
+                    else:
+                        lo_h = w1 >> ((j % 16) // 8 * 16)
+                if j % 16 == 0:
+                    hi_h = w2 >> (j // 16 * 16)
+                q = code_f32(lo_h, two_bits, (2 * j) % 16) + 4.0 * code_f32(hi_h, one_bit, j % 16)
             k = kw * P + j
             if not WORD_IN_GROUP:  # dequantize here with this code's group; the partials need no scaling later
                 kk_ok = (k < K)[:, None] & n_ok[None, :]
@@ -158,13 +176,13 @@ def _gemv_kernel(
 
 
 def supports(bits: int, group_size: int) -> bool:
-    """Whether this kernel handles the format: each packed word inside one group, or 3-bit codes (any group)."""
+    """Whether this kernel handles the format: each packed word inside one group, or 3-bit planes (any group)."""
     return bits == 3 or words_fit_groups(bits, group_size)
 
 
 def candidates(m: int, n: int, k: int, bits: int) -> list[Config]:
     """Configurations to try for this shape, the heuristic favourite first."""
-    p = 32 // bits
+    p = pack_unit(bits)[0]
     block_m = next_pow2(m)
     kw_cap = next_pow2(cdiv(k, p))
     n_cap = max(16, next_pow2(n))
@@ -207,7 +225,7 @@ def gemv(
     if x.dim() != 2 or x.shape[0] > MAX_M:
         raise ValueError(f"gemv takes x of shape [M<={MAX_M}, K], got {tuple(x.shape)}")
     if not supports(bits, group_size):
-        raise ValueError(f"gemv needs group_size a multiple of {32 // bits} at {bits} bits, got {group_size}")
+        raise ValueError(f"gemv needs group_size a multiple of {pack_unit(bits)[0]} at {bits} bits, got {group_size}")
     if x.stride(-1) != 1:
         x = x.contiguous()
     m = x.shape[0]
@@ -216,7 +234,7 @@ def gemv(
     check_out(out, (m, n), x.dtype, x.device)
     if m == 0 or n == 0:
         return out
-    p = 32 // bits
+    p = pack_unit(bits)[0]
 
     def launch(cfg: Config) -> torch.Tensor:
         tiles = cdiv(n, cfg["BLOCK_N"])

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from bitsmith.engine.quant.pack import scatter_code_deltas
+
 RESIDUAL_BITS = (0, 4, 8)
 
 
@@ -66,18 +68,9 @@ def pack_residual(values: torch.Tensor, bits: int) -> torch.Tensor:
 
 def scatter_codes(qweight: torch.Tensor, r0: int, old: torch.Tensor, new: torch.Tensor, moved: torch.Tensor,
                   bits: int) -> None:
-    """Write changed codes (int32 [K, R] blocks of columns r0:) into the packed words in place.
-
-    Adds (new - old) << shift to each affected word; several codes of one word add up field by field (the
-    fields are disjoint and each stays in range, so no carry crosses a field; int32 wraps like uint32).
-    """
+    """Write changed codes (int32 [K, R] blocks of columns r0:) into the packed words in place (any width)."""
     k_idx, r_idx = moved.nonzero(as_tuple=True)
-    if k_idx.numel() == 0:
-        return
-    p = 32 // bits
-    words = (k_idx // p) * qweight.shape[1] + (r_idx + r0)
-    delta = (new[k_idx, r_idx] - old[k_idx, r_idx]) << ((k_idx % p) * bits).to(torch.int32)
-    qweight.view(-1).index_put_((words,), delta.to(torch.int32), accumulate=True)
+    scatter_code_deltas(qweight, r0, k_idx, r_idx, old[k_idx, r_idx], new[k_idx, r_idx], bits)
 
 
 class CodeOptimizer:

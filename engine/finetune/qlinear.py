@@ -26,6 +26,7 @@ from bitsmith.engine.quant import stats as st
 from bitsmith.engine.quant.dequant import dequantize_packed_t
 from bitsmith.engine.quant.groups import SCALE_FLOOR
 from bitsmith.engine.quant.linear import QuantLinear
+from bitsmith.engine.quant.pack import unpack_rows
 
 BLOCK_ELEMENTS = 1 << 24
 """Elements of dW computed at once in the backward (64 MiB in fp32): bounds its transient memory."""
@@ -186,11 +187,8 @@ class QSFTMatmul(torch.autograd.Function):
 
 
 def unpack_t(qweight: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
-    """Packed words [ceil(K/p), R] (any column slice) -> int32 codes [K, R], the layout the words are in."""
-    p = 32 // bits
-    shifts = torch.arange(0, p * bits, bits, dtype=torch.int32, device=qweight.device).view(1, p, 1)
-    q = (qweight.unsqueeze(1) >> shifts) & ((1 << bits) - 1)
-    return q.reshape(-1, qweight.shape[1])[:in_features]
+    """Packed words [rows, R] (any column slice) -> int32 codes [K, R], the layout the words are in."""
+    return unpack_rows(qweight, bits)[:in_features]
 
 
 def grouped_t(t: torch.Tensor, groups: int, group_size: int) -> torch.Tensor:

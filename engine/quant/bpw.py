@@ -3,12 +3,12 @@
 For a linear of shape [N, K] = (out_features, in_features) and G = ceil(K / g) groups, the stored
 tensors (engine/quant/linear.py, state-dict keys in brackets) cost:
 
-* codes  [qweight]: int32 [ceil(K / (32 // b)), N] — the padding of the last word counts (3-bit codes go 10
-  to a word: 3.2 bits each);
-* scales [scales]: fp16 [G, N]; or, double-quantized, [scale_codes] int32 [G, ceil(N / (32 // S))] (codes packed
+* codes  [qweight]: int32 [packed_rows(K, b), N] — whole packing units, the padding of the last one counts
+  (2/4/8 bits: 32 // b codes per word; 3 bits: bit planes, 32 codes in 3 words, kernels/pack.py);
+* scales [scales]: fp16 [G, N]; or, double-quantized, [scale_codes] int32 [G, packed_rows(N, S)] (codes packed
   along N, GPTQ-qzeros layout) + [scale_meta] fp16 [2, N] (per-row offset, step);
-* zeros  [zeros]: fp16 [G, N]; or integer [zero_codes] int32 [G, ceil(N / (32 // b))]; or double-quantized
-  [zero_codes] int32 [G, ceil(N / (32 // Z))] + [zero_meta] fp16 [2, N]; symmetric specs store none;
+* zeros  [zeros]: fp16 [G, N]; or integer [zero_codes] int32 [G, packed_rows(N, b)]; or double-quantized
+  [zero_codes] int32 [G, packed_rows(N, Z)] + [zero_meta] fp16 [2, N]; symmetric specs store none;
 * an optional input permutation (act-order), int16 or int32 per input channel;
 * an optional bias, N × 16 or 32 bits, reported separately and not part of bpw.
 
@@ -22,6 +22,8 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from bitsmith.kernels.pack_layout import packed_rows
+
 from .spec import QuantSpec
 
 WORD_BITS = 32
@@ -30,9 +32,8 @@ META_ROWS = 2  # (offset, step) per output row for each double-quantized statist
 
 
 def _words(count: int, bits: int) -> int:
-    """int32 words that hold `count` codes of `bits` bits, 32 // bits to a word (kernels/pack.py)."""
-    per_word = WORD_BITS // bits
-    return -(-count // per_word)
+    """int32 words that hold `count` codes of `bits` bits, in whole packing units (kernels/pack_layout.py)."""
+    return packed_rows(count, bits)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 SPEC_BITS = (2, 3, 4, 8)
 """Weight widths a spec may name."""
 PACKABLE_BITS = (2, 3, 4, 8)
-"""Widths kernels/pack.py packs into int32 words (3-bit: 10 codes per word)."""
+"""Widths kernels/pack.py packs into int32 words (3-bit: bit planes, 32 codes in 3 words)."""
 SCALE_BITS = (16, 8, 4)
 """16 = fp16 scales; 8 / 4 = log2-domain double-quantized scale codes."""
 STAT_CODE_BITS = (4, 8)

@@ -28,10 +28,12 @@ from torch import nn
 from bitsmith.engine.errors import BadInputError, DiskFullError
 
 from .bpw import layer_bits
+from .legacy import upgrade_v1_tensors
 from .linear import QuantLinear
 from .spec import parse_spec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: 3-bit codes as bit planes (kernels/pack.py); format-1 folders load through engine/quant/legacy.py."""
 META_FILE = "bitsmith.json"
 STRATEGY_FILE = "quant_strategy.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -235,6 +237,8 @@ def load_quantized(folder: str | Path, device: str = "cpu", dtype: torch.dtype =
     state = load_file(str(path / WEIGHTS_FILE), device=device)
     for name, fmt in meta["layout"].items():
         mod = model.get_submodule(name)
+        if meta.get("format_version", 0) < 2:
+            upgrade_v1_tensors(state, name + ".", parse_spec(fmt), mod.out_features, mod.in_features)
         set_submodule(model, name, QuantLinear.from_state_dict(state, fmt, mod.in_features, prefix=name + "."))
     quant_keys = {k for name in meta["layout"] for k in state if k.startswith(name + ".")}
     rest = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items() if k not in quant_keys}

@@ -80,6 +80,17 @@ class Measurement:
         data["layers"] = [LayerMeasure(**m) for m in data["layers"]]
         return cls(**data)
 
+    def with_current_bits(self) -> Measurement:
+        """The same errors with each format's stored bits recounted by today's bpw accounting.
+
+        The errors depend on the codes only; the bits depend on how codes are packed, which can change
+        (3-bit codes went from ten per word to bit planes), so a cached table never prices a format stale.
+        """
+        specs = {f: parse_spec(f) for f in self.formats}
+        for m in self.layers:
+            m.bits = {f: layer_bits(m.out_features, m.in_features, specs[f]).total for f in self.formats}
+        return self
+
 
 def cache_key(model_id: str, formats: Sequence[str], method: str, windows: Sequence[Sequence[int]]) -> str:
     """A stable key over everything that changes the result: model, formats, quantizer and the exact tokens."""
@@ -96,7 +107,7 @@ def load_cached(path: Path) -> Measurement | None:
         m = Measurement.from_json(path.read_text())
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    return m if m.version == CACHE_VERSION else None
+    return m.with_current_bits() if m.version == CACHE_VERSION else None
 
 
 def save_cached(path: Path, m: Measurement) -> None:

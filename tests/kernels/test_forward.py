@@ -44,7 +44,7 @@ def test_gemv(make, bits, group, n, k, m, dtype) -> None:
 @pytest.mark.parametrize("group", [128, 64, 30])
 @pytest.mark.parametrize("m,dtype", [(1, torch.float16), (4, torch.float32)])
 def test_gemv_three_bit(make, group, m, dtype) -> None:
-    # ten codes per word: with groups of 128 or 64 a word straddles two groups, with 30 it does not
+    # bit planes, 32 codes per unit of three words: groups of 128 or 64 hold whole units, 30 makes units straddle
     _check(gemv, make, 3, group, 72, 600, m, dtype)
     _check(gemv, make, 3, group, 40, 577, m, dtype, split_k=3)
 

@@ -116,10 +116,10 @@ def test_dtype_conversions_keep_the_format() -> None:
     assert "spec=int2_g64_dq8" in repr(layer) and "bpw=" in repr(layer)
 
 
-def test_three_bit_layer_matches_reference_and_stores_ten_codes_per_word() -> None:
-    layer = _layer("int3_g128", n=512)  # 512 zero codes take 52 words at 10 per word (not 48 at 3 bits each)
-    assert layer.qweight.shape[0] == -(-layer.in_features // 10) and layer.zero_codes.shape == (5, 52)
-    assert layer_bits(512, 576, layer.spec).total == sum(t.numel() * t.element_size() * 8
+def test_three_bit_layer_matches_reference_and_stores_three_bits_per_code() -> None:
+    layer = _layer("int3_g128", n=520)  # bit planes: 576 inputs in 54 words; 520 zero codes fill 17 units, 51 words
+    assert layer.qweight.shape[0] == 54 and layer.zero_codes.shape == (5, 51)
+    assert layer_bits(520, 576, layer.spec).total == sum(t.numel() * t.element_size() * 8
                                                          for t in layer.state_dict().values())
     x = torch.randn(3, layer.in_features)
     w = layer.dequantize().float()

@@ -91,6 +91,17 @@ def test_cache_round_trip(tmp_path, model: LlamaForCausalLM) -> None:
     assert load_cached(path) is None
 
 
+def test_cached_bits_are_recounted_on_load(tmp_path, model: LlamaForCausalLM) -> None:
+    # a table cached when 3-bit codes went ten to a word (3.2 bits) must price them at today's 3 bits
+    m = measure_model(model, _windows(1), formats=("int3_g128", "int2_g64"), method="rtn")
+    fresh = {lay.name: dict(lay.bits) for lay in m.layers}
+    for lay in m.layers:
+        lay.bits["int3_g128"] = -(-lay.in_features // 10) * 32 * lay.out_features
+    path = tmp_path / "m.json"
+    save_cached(path, m)
+    assert {lay.name: lay.bits for lay in load_cached(path).layers} == fresh
+
+
 def test_no_samples_is_a_clear_error(model: LlamaForCausalLM) -> None:
     with pytest.raises(BadInputError, match="no calibration samples"):
         measure_model(model, [])
