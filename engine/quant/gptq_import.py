@@ -28,6 +28,7 @@ from torch import nn
 from bitsmith.engine.errors import BadInputError, UnsupportedModelError
 from bitsmith.kernels.pack import unpack_codes
 
+from .checkpoint_import import import_checkpoint, read_tensors
 from .linear import QuantLinear
 from .quantize import quantize_weight
 from .stats import pack_stat_codes, unpack_stat_codes
@@ -137,71 +138,23 @@ def _dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
     return (q - z) * s
 
 
-def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint's safetensors files (one file or shards)."""
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise BadInputError(f"{folder} has no .safetensors files", "GPTQ checkpoints in .bin files are not supported")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    return state
-
-
 def import_gptq(src: str | Path, out: str | Path,
                 on_progress: Callable[[int, int], None] | None = None) -> tuple[Path, ImportReport]:
     """Convert a GPTQ checkpoint folder into a Bitsmith model folder at `out` (written atomically)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .store import round_kept_, save_quantized, set_submodule
-
     folder = Path(src).expanduser()
     if not folder.is_dir():
         raise BadInputError(f"{folder} is not a folder", "give the folder of a GPTQ checkpoint")
     cfg = read_gptq_config(folder)
-    config = AutoConfig.from_pretrained(folder)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # build a plain model: transformers' GPTQ integration is not wanted
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = _read_tensors(folder)
-    prefixes = sorted(k[: -len(".qweight")] for k in state if k.endswith(".qweight"))
-    if not prefixes:
-        raise BadInputError(f"{folder} has no quantized layers (no *.qweight tensors)", "is it a GPTQ checkpoint?")
+    state = read_tensors(folder, "GPTQ checkpoints in .bin files are not supported")
     report = ImportReport()
-    used: set[str] = set()
-    for i, prefix in enumerate(prefixes):
-        try:
-            linear = model.get_submodule(prefix)
-        except AttributeError:
-            raise BadInputError(f"the checkpoint's layer {prefix!r} is not in the model its config describes",
-                                "the checkpoint and its config.json do not match") from None
-        if not isinstance(linear, nn.Linear):
-            raise UnsupportedModelError(f"{prefix} is a {type(linear).__name__}, not a linear layer")
-        tensors = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        used.update(f"{prefix}.{k}" for k in tensors)
+
+    def convert(prefix: str, tensors: dict[str, torch.Tensor], linear: nn.Linear) -> QuantLinear:
         layer, exact = convert_layer(tensors, linear.in_features, cfg, prefix)
-        if layer.out_features != linear.out_features:
-            raise BadInputError(f"{prefix}: the checkpoint has {layer.out_features} outputs, the config "
-                                f"{linear.out_features}", "the checkpoint and its config.json do not match")
-        set_submodule(model, prefix, layer)
         (report.exact if exact else report.requantized).append(prefix)
         report.formats[prefix] = layer.spec.name
-        if on_progress:
-            on_progress(i + 1, len(prefixes))
-    rest = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items() if k not in used}
-    model.load_state_dict(rest, strict=False, assign=True)
-    model.tie_weights()
-    missing = [n for n, p in model.named_parameters() if p.is_meta]
-    if missing:
-        raise BadInputError(f"the checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}",
-                            "the checkpoint is incomplete: download it again")
-    model.eval()
-    round_kept_(model)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    path = save_quantized(model, tokenizer, out, source={"model": str(folder), "format": "gptq"},
-                          recipe={"imported_from": "gptq", "gptq": cfg.__dict__, "import": report.to_dict()})
+        return layer
+
+    path = import_checkpoint(folder, out, state, convert, {"model": str(folder), "format": "gptq"},
+                             lambda: {"imported_from": "gptq", "gptq": cfg.__dict__, "import": report.to_dict()},
+                             "GPTQ checkpoint", on_progress)
     return path, report
