@@ -38,14 +38,14 @@ WeightGradHook = Callable[[torch.Tensor], None]
 def choose_path(m: int, device: torch.device, bits: int, group_size: int) -> str:
     """Which implementation serves `m` rows on `device`: one of PATHS.
 
-    torch: dequantize with torch then matmul (no Triton for this device, or 3-bit codes beyond the GEMV's
-    M). dense: the Triton dequantize kernel then cuBLAS (group sizes the fused kernels cannot tile).
+    torch: dequantize with torch then matmul (no Triton for this device). dense: the Triton dequantize
+    kernel then cuBLAS (group sizes the fused kernels cannot tile, and 3-bit planes beyond the GEMV's M).
     gemv / splitk / gemm: fused kernels for M <= GEMV_MAX_M, M <= SPLITK_MAX_M and larger M.
     """
     if not kernels_usable(device):
         return "torch"
-    if not triton_width(bits):  # 3-bit: only the GEMV unpacks bit planes
-        return "gemv" if m <= GEMV_MAX_M else "torch"
+    if not triton_width(bits):  # 3-bit planes: the GEMV and the dequantize kernel unpack them
+        return "gemv" if m <= GEMV_MAX_M else "dense"
     if not words_fit_groups(bits, group_size):
         return "dense"
     if m <= GEMV_MAX_M:
@@ -59,7 +59,7 @@ def eligible_paths(m: int, bits: int, group_size: int) -> list[str]:
     """The paths that can serve `m` rows of this format on a GPU (the tuner times them and keeps the fastest)."""
     paths = []
     if not triton_width(bits):
-        return ["gemv"] if m <= GEMV_MAX_M else []
+        return ["gemv"] if m <= GEMV_MAX_M else ["dense"]
     if words_fit_groups(bits, group_size):
         if m <= GEMV_MAX_M:
             paths.append("gemv")
@@ -205,7 +205,7 @@ def dequantize(
 ) -> torch.Tensor:
     """The dense weight [N, K] in `dtype`: the Triton kernel where it runs, the torch reference elsewhere."""
     check_weight(qweight, scales, zeros, bits, group_size, in_features)
-    if kernels_usable(qweight.device) and triton_width(bits):
+    if kernels_usable(qweight.device):
         from .dequant import dequantize_kernel as _kernel
 
         return _kernel(qweight, scales, zeros, bits, group_size, in_features, dtype)

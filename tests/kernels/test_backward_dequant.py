@@ -31,7 +31,7 @@ def test_backward_input_group_576(make) -> None:
     assert rel_err(out, reference.matmul_backward_input(dy, *w.args)) < TOL[torch.float32]
 
 
-@pytest.mark.parametrize("bits,group", [*FORMATS, (8, 100), (4, 576), (4, 100)])
+@pytest.mark.parametrize("bits,group", [*FORMATS, (8, 100), (4, 576), (4, 100), (3, 128), (3, 30)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_dequantize_kernel(make, bits, group, dtype) -> None:
     n, k = SHAPES[(bits + group) % len(SHAPES)]

@@ -37,7 +37,7 @@ def test_every_path(make, dtype, bits, group, n, k) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("group", [128, 60])
-def test_three_bit_gemv_and_the_torch_path_above_it(make, dtype, group) -> None:
+def test_three_bit_gemv_and_the_dense_path_above_it(make, dtype, group) -> None:
     w = make.weight(1000, 4096, 3, group, torch.float16, "cuda")
     for m in (1, 3, 4, 5, 80):
         x = make.act(m, 4096, dtype=dtype, device="cuda")
@@ -58,6 +58,9 @@ def test_backward_and_dequantize(make, dtype) -> None:
             assert rel_err(out, reference.matmul_backward_input(dy.float(), *w.args)) < TOL[dtype]
         deq = dequantize_kernel(*w.args, dtype, out=poisoned(1000, 576, dtype=dtype, device="cuda"))
         assert rel_err(deq, reference.dequantize(*w.args)) < TOL[dtype]
+    w = make.weight(1000, 576, 3, 128, torch.float16, "cuda")  # bit planes: the dequantize kernel only
+    deq = dequantize_kernel(*w.args, dtype, out=poisoned(1000, 576, dtype=dtype, device="cuda"))
+    assert rel_err(deq, reference.dequantize(*w.args)) < TOL[dtype]
 
 
 def test_autograd_bf16(make) -> None:

@@ -60,10 +60,10 @@ def test_group_that_straddles_words_uses_dense_path(make) -> None:
 @pytest.mark.parametrize("m", [1, 3, 5, 80])
 def test_three_bit_codes_forward_and_backward(make, m) -> None:
     # the tensor-core kernels do not unpack bit planes: the GEMV serves batch <= 4 (576 inputs: the last group
-    # of 128 is partial, 18 units of 32 codes), torch dequantize-then-matmul the rest
+    # of 128 is partial, 18 units of 32 codes), the Triton dequantize kernel then a matmul the rest
     w = make.weight(40, 576, 3, 128)
-    path = "gemv" if m <= dispatch.GEMV_MAX_M else "torch"
-    assert choose_path(m, CPU, 3, 128) == path and eligible_paths(m, 3, 128) == ([path] if path == "gemv" else [])
+    path = "gemv" if m <= dispatch.GEMV_MAX_M else "dense"
+    assert choose_path(m, CPU, 3, 128) == path and eligible_paths(m, 3, 128) == [path]
     x = make.act(m, 576)
     assert rel_err(quant_matmul(x, *w.args), reference.matmul(x, *w.args)) < TOL[torch.float32]
     dy = make.act(m, 40)
