@@ -47,6 +47,7 @@ from bench_calibrate import block_linears, layout_bpw  # noqa: E402
 from bitsmith.engine.data import load_text  # noqa: E402
 from bitsmith.engine.eval.perplexity import perplexity  # noqa: E402
 from bitsmith.engine.model import load_model  # noqa: E402
+from bitsmith.engine.quant.store import FORMAT_VERSION  # noqa: E402
 
 BUDGETS = (4.0, 3.0, 2.5, 2.2)
 METHODS = ("fp", "bitsmith", "rtn", "hqq", "autoround")
@@ -297,6 +298,7 @@ def measure_one(args: argparse.Namespace, method: str, budget: float | None, ctx
             target = budget
             formats = bitsmith_formats(args)
             rec["formats"] = list(formats)
+            rec["format_version"] = FORMAT_VERSION
             low = bitsmith_min_bpw(model, formats)
             if budget < low:  # below the cheapest layout: run at the smallest layout there is, and say so
                 target = float(f"{low + 5e-5:.4f}")
@@ -376,6 +378,11 @@ def _times(rec: dict) -> str:
     if rec["method"] == "bitsmith":
         return f"{rec['job_seconds']:.0f} ({rec['quantize_seconds']:.0f}) | {rec['job_cpu_s']:.0f}"
     return f"{rec['seconds']:.0f} | {rec['cpu_s']:.0f}" if "seconds" in rec else " | "
+
+
+def superseded(rec: dict) -> bool:
+    """A Bitsmith run of an older folder format (it packed some width differently): run it again."""
+    return rec["method"] == "bitsmith" and rec.get("format_version", 1) < FORMAT_VERSION
 
 
 def latest(records: list[dict]) -> dict[tuple, dict]:
@@ -515,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("AR_LOG_LEVEL", "WARNING")
         os.environ.setdefault("AR_WORK_SPACE", str(tmp / "ar_work_space"))
-        done = set() if args.fresh else {run_key(r) for r in read_records(out) if r.get("status") == "ok"}
+        done = set() if args.fresh else {run_key(r) for r in read_records(out)
+                                         if r.get("status") == "ok" and not superseded(r)}
         ctx = prepare(args)
         plan: list[tuple[str, float | None]] = [("fp", None)] if "fp" in args.methods else []
         plan += [(m, b) for b in args.budgets for m in args.methods if m != "fp"]
