@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import json
 import os
 import platform
@@ -33,8 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 APP_NAME = "Bitsmith"
@@ -49,6 +51,10 @@ VC_REDIST_URL = "https://aka.ms/vs/17/release/vc_redist.x64.exe"
 GB = 10**9
 
 EXIT_OK, EXIT_SELFTEST, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+# The GPU cannot be used (no driver, driver too old, GPU too old) but a CPU install is possible: the platform
+# installers ask the user, and run again with --allow-cpu on a yes. Nothing was changed on disk.
+EXIT_CPU_OFFER = 3
+CPU_OFFER_KINDS = ("no_driver", "driver_too_old", "gpu_too_old")
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -382,7 +388,14 @@ _MODERN = ((7, 5), (8, 0), (8, 6), (9, 0), (10, 0), (12, 0))  # Turing .. Blackw
 # Newest first; the first build whose driver minimum is met and whose architectures cover the GPU wins.
 # Only architectures known to be in the wheels are listed: missing one costs a fall back to an older
 # build, never a broken install, and the first-start self-test checks torch.cuda.get_arch_list() anyway.
+# Driver minimums are the CUDA toolkit's own ("toolkit driver"), not the looser minor-version-compatibility
+# floor: Triton compiles kernels with its bundled, newer ptxas, which an older driver may refuse to load.
+# PyTorch's builds by release (RELEASE.md): 2.9-2.11 cu126/cu128/cu130; 2.12-2.14 cu126/cu130/cu132. A build
+# that stopped being published still resolves to its last torch (cu128: 2.11, cu124: 2.6, cu118: 2.7).
+# Since CUDA 13.1 NVIDIA no longer lists a Windows toolkit driver; cu132 on Windows asks for the 595 branch,
+# the branch its Linux minimum (595.45.04) belongs to.
 CUDA_BUILDS: tuple[CudaBuild, ...] = (
+    CudaBuild("cu132", "13.2", {"Linux": (595, 45, 4), "Windows": (595,)}, _MODERN, ">=2.12", ("x86_64", "arm64")),
     CudaBuild("cu130", "13.0", {"Linux": (580, 65, 6), "Windows": (580, 88)}, _MODERN, ">=2.9", ("x86_64", "arm64")),
     CudaBuild("cu128", "12.8", {"Linux": (570, 26), "Windows": (570, 65)}, _MODERN, ">=2.7", ("x86_64", "arm64")),
     CudaBuild("cu126", "12.6", {"Linux": (560, 28, 3), "Windows": (560, 76)}, _LEGACY, ">=2.6"),
@@ -410,15 +423,17 @@ class TorchChoice:
 
 
 def _fmt(version: tuple[int, ...]) -> str:
-    """(520, 6) -> '520.06': NVIDIA writes every part after the first with two digits."""
+    """(520, 6) -> '520.06': NVIDIA writes every part after the first with two digits; a branch (595,) -> '595.xx'."""
+    if len(version) == 1:
+        return f"{version[0]}.xx"
     return ".".join([str(version[0]), *(f"{v:02d}" for v in version[1:])]) if version else "?"
 
 
 def _cpu_option(system: str) -> str:
     """How to ask this platform's installer for a CPU install."""
     if system == "Windows":
-        return "run Setup with /ALLOWCPU (in a command prompt: Bitsmith-Setup.exe /ALLOWCPU)"
-    return "run the installer with --allow-cpu"
+        return "answer Yes when Setup offers it (or run Setup with /ALLOWCPU)"
+    return "answer yes when the installer offers it (or run it with --allow-cpu)"
 
 
 def _cpu_choice(hw: Hardware, note: str) -> TorchChoice:
@@ -472,7 +487,11 @@ def choose_torch(hw: Hardware, requested: str = "auto", allow_cpu: bool = False)
     if not hw.gpus:
         if hw.nvidia_device:
             if allow_cpu:
-                return _cpu_choice(hw, "An NVIDIA GPU is present but has no working driver; installing for the CPU.")
+                return _cpu_choice(
+                    hw,
+                    "An NVIDIA GPU is present but has no working driver, so it is NOT used: installing for the CPU "
+                    "(much slower). After installing the driver, run the installer again to switch to the GPU.",
+                )
             raise InstallError(
                 "no_driver",
                 "An NVIDIA graphics card is installed, but its driver is missing or not working, so PyTorch "
@@ -505,7 +524,11 @@ def choose_torch(hw: Hardware, requested: str = "auto", allow_cpu: bool = False)
             return _cuda_choice(build, primary, notes)
 
     if allow_cpu:
-        return _cpu_choice(hw, f"No PyTorch CUDA build fits {primary.name} with driver {hw.driver}; using the CPU.")
+        return _cpu_choice(
+            hw,
+            f"No PyTorch CUDA build fits {primary.name} with driver {hw.driver}, so the GPU is NOT used: installing "
+            "for the CPU (much slower). After updating the driver, run the installer again to switch to the GPU.",
+        )
     fitting = [b for b in builds if primary.cc is None or covers(b, [primary])]
     if not fitting:
         cc = f"{primary.cc[0]}.{primary.cc[1]}" if primary.cc else "unknown"
@@ -527,12 +550,29 @@ def choose_torch(hw: Hardware, requested: str = "auto", allow_cpu: bool = False)
     )
 
 
+# torch minor -> the Triton 3.x minor its Linux wheels pin; triton-windows follows the same pairing (its README:
+# "triton-windows<3.9 for PyTorch 2.7-2.14"). Not a formula: 2.10 and 2.11 share 3.6, 2.12 and 2.13 share 3.7.
+TRITON_FOR_TORCH = {
+    (2, 6): 2, (2, 7): 3, (2, 8): 4, (2, 9): 5, (2, 10): 6, (2, 11): 6, (2, 12): 7, (2, 13): 7, (2, 14): 8,
+}
+# On Windows a CUDA torch is kept below the first minor with no triton-windows pairing known here, so a newer
+# torch on the index can never leave the install without a matching Triton.
+WINDOWS_TORCH_BELOW = f"2.{max(m for _, m in TRITON_FOR_TORCH) + 1}"
+
+
 def triton_windows_spec(torch_version: str) -> str:
-    """The triton-windows release line that matches a torch version (torch 2.N pairs with Triton 3.(N-4))."""
+    """The triton-windows release line that matches a torch version (TRITON_FOR_TORCH)."""
     v = parse_version(torch_version)
     if len(v) < 2 or v < (2, 6):
         return "triton-windows<3.2"
-    minor = v[1] - 4
+    minor = TRITON_FOR_TORCH.get(v[:2])
+    if minor is None:
+        raise InstallError(
+            "install_failed",
+            f"This installer knows no Triton for Windows that matches PyTorch {torch_version}.",
+            f"Run Setup again without a PyTorch override (it picks PyTorch below {WINDOWS_TORCH_BELOW}), or use a "
+            "newer Bitsmith Setup.",
+        )
     return f"triton-windows>=3.{minor},<3.{minor + 1}"
 
 
@@ -623,8 +663,17 @@ def venv_step(layout: Layout, opts: Options) -> Step:
 
 
 def torch_step(layout: Layout, opts: Options, choice: TorchChoice, upgrade: bool = False) -> Step:
-    """Install PyTorch from the index of the chosen build."""
-    spec = opts.torch or choice.torch_spec
+    """Install PyTorch from the index of the chosen build, at least as new as the Bitsmith wheel asks.
+
+    The wheel's own floor matters on an update: a newer Bitsmith may need a newer torch than the environment
+    has, and only this step may move torch (the Bitsmith step pins it), so it must ask for that floor here.
+    """
+    spec = opts.torch
+    if not spec:
+        floor = wheel_requirement(opts.wheel, "torch")
+        spec = choice.torch_spec + (f",{floor}" if floor else "")
+        if layout.system == "Windows" and choice.cuda:
+            spec += f",<{WINDOWS_TORCH_BELOW}"
     argv = [opts.uv, "pip", "install", "--python", str(layout.env_python), *_source_args(opts, choice.index_url)]
     if upgrade:
         argv += ["--upgrade-package", "torch"]
@@ -804,9 +853,13 @@ def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically (temp file + os.replace), so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> dict | None:
@@ -825,6 +878,24 @@ def write_message(layout: Layout, text: str) -> None:
         layout.message_file.write_text(text.replace("\n", "\r\n"), encoding="utf-16")
     except OSError:
         pass
+
+
+def wheel_requirement(wheel: Path | None, name: str) -> str | None:
+    """The version specifier a wheel's METADATA gives `name` ('>=2.9'), when unconditional; None otherwise."""
+    if wheel is None:
+        return None
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            meta = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA")), None)
+            text = zf.read(meta).decode("utf-8", "replace") if meta else ""
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return None
+    pattern = re.compile(rf"Requires-Dist:\s*{re.escape(name)}\s*\(?\s*([<>=!~][^;()]*?)\s*\)?\s*(;.*)?$", re.I)
+    for line in text.splitlines():
+        m = pattern.match(line.strip())
+        if m and not m.group(2):  # a marker (extra, platform) would need evaluating: keep no floor instead
+            return re.sub(r"\s+", "", m.group(1))
+    return None
 
 
 def wheel_version(wheel: Path | None) -> str | None:
@@ -848,12 +919,21 @@ class Check:
     fix: str = ""
 
 
+def repair_hint(system: str, root: Path | None = None) -> str:
+    """How a user starts a repair on this platform (models and chats are kept)."""
+    if system == "Windows":
+        return "Run Repair (Start menu > Bitsmith > Repair Bitsmith, or Setup again)."
+    if system == "Darwin":
+        where = f"the folder {root / 'app'}" if root else "the app folder inside Bitsmith's folder"
+        return f"Quit Bitsmith, delete {where} (your models and chats stay), then open Bitsmith again."
+    where = str(root / "app" / "install.sh") if root else "install.sh"
+    return f"Run {where} --repair (your models and chats stay)."
+
+
 def interpret_probe(probe: Mapping, build: str, system: str, root: Path | None = None) -> list[Check]:
     """Turn the probe's raw facts into plain-words checks, each problem with its fix."""
     checks: list[Check] = []
-    repair = "Run Repair (Start menu > Bitsmith > Repair Bitsmith, or the installer again)."
-    if system != "Windows":
-        repair = "Run the installer again with 'repair'."
+    repair = repair_hint(system, root)
     if probe.get("bitsmith_error"):
         checks.append(Check("Bitsmith", "problem", f"Bitsmith does not start: {probe['bitsmith_error']}", repair))
     else:
@@ -1099,7 +1179,7 @@ def run_selftest(layout: Layout, build: str, deps: Deps) -> tuple[dict, list[Che
                 "Bitsmith",
                 "problem",
                 f"The installed environment does not start (exit {rc}): {out.strip()[-300:]}",
-                "Run the installer again with 'repair'.",
+                repair_hint(layout.system, layout.root),
             )
         ]
     return facts, interpret_probe(facts, build, layout.system, layout.root)
@@ -1188,10 +1268,11 @@ def install(
     console = console or Console(layout.logs / f"install-{stamp}.log")
     try:
         return _install(opts, mode, deps, console, layout)
-    except InstallError as exc:
-        console.say(exc.plain())
-        write_message(layout, exc.plain())
-        return EXIT_ERROR
+    except (InstallError, OSError) as exc:
+        err = exc if isinstance(exc, InstallError) else os_failure(exc, layout, console.log)
+        console.say(err.plain())
+        write_message(layout, err.plain())
+        return EXIT_CPU_OFFER if err.kind in CPU_OFFER_KINDS else EXIT_ERROR
     except KeyboardInterrupt:
         text = (
             "Problem: the install was interrupted.\nWhat to do: run the installer again; it finishes the job "
@@ -1200,6 +1281,29 @@ def install(
         console.say(text)
         write_message(layout, text)
         return EXIT_INTERRUPTED
+
+
+def os_failure(exc: OSError, layout: Layout, log: Path | None) -> InstallError:
+    """A file operation of the installer itself failed (disk full, no permission, ...): say so plainly."""
+    where = f" The full log is {log}." if log else ""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return InstallError(
+            "disk_full",
+            f"The disk holding {layout.root} is full.",
+            "Free some space (PyTorch for NVIDIA GPUs needs about 8 GB), then run the installer again; "
+            "it continues where it stopped." + where,
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EBUSY):
+        return InstallError(
+            "busy",
+            f"A Bitsmith file could not be written ({exc}).",
+            "Close Bitsmith (and any window that uses its files), then run the installer again." + where,
+        )
+    return InstallError(
+        "install_failed",
+        f"A file operation failed: {exc}.",
+        "Run the installer again (it repairs a half-finished install)." + where,
+    )
 
 
 def _install(opts: Options, mode: str, deps: Deps, console: Console, layout: Layout) -> int:
@@ -1241,7 +1345,8 @@ def _install(opts: Options, mode: str, deps: Deps, console: Console, layout: Lay
             console.say("  The existing environment is damaged; rebuilding it.")
         recreate = True
 
-    need = choice.disk_gb if recreate else 1.0
+    # A rebuild downloads PyTorch again; an update may too (a newer torch within the build).
+    need = choice.disk_gb if recreate or mode == "update" else 1.0
     free = deps.disk_free(layout.root)
     if free < need * GB:
         raise InstallError(
@@ -1322,6 +1427,7 @@ def _install(opts: Options, mode: str, deps: Deps, console: Console, layout: Lay
         )
         + "\n"
         + render_checks(checks)
+        + "".join(f"\nNote: {note}" for note in choice.notes)
     )
     console.say("Done. " + ("Everything works." if ok else "Some checks failed; see 'What to do' above."))
     write_message(layout, summary)
@@ -1351,12 +1457,15 @@ def uninstall(root: Path, keep_data: bool, system: str | None = None, home: Path
     layout = Layout(root, system or platform.system())
     home = (home or Path.home()).resolve()
     resolved = root.resolve()
-    ours = resolved.name.lower() == APP_NAME.lower() or layout.state_file.exists() or layout.marker.exists()
+    # Only a folder named Bitsmith is deleted whole: a custom root (--prefix, BITSMITH_HOME) such as ~/Documents
+    # may hold other files, even when an install record shows Bitsmith lived there.
+    ours = resolved.name.lower() == APP_NAME.lower()
     if not keep_data and (resolved in (home, Path(resolved.anchor)) or not ours):
         raise InstallError(
             "bad_input",
-            f"Refusing to delete {root}: it does not look like Bitsmith's folder.",
-            "Delete your models and chats by hand if you want them gone.",
+            f"Refusing to delete {root}: it is not a folder named {APP_NAME}, so it may hold other files.",
+            "Nothing was removed. Delete your models and chats there by hand if you want them gone, then run "
+            "the uninstaller again without removing data.",
         )
     removed = []
     if layout.app.exists():
@@ -1405,6 +1514,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--torch", help="override the torch requirement, e.g. 'torch==2.13.0'")
         sp.add_argument("--uv", default=None, help="the uv executable (default: next to this script, else PATH)")
         sp.add_argument("--pause", action="store_true", help="wait for Enter before closing (console windows)")
+        sp.add_argument(
+            "--ask", action="store_true", help="when the GPU cannot be used, ask here whether to install for the CPU"
+        )
     sp = sub.add_parser("selftest", help="check that the installed Bitsmith can use the GPU")
     common(sp)
     sp = sub.add_parser("detect", help="show the GPU, the driver and the PyTorch build that would be chosen")
@@ -1433,6 +1545,31 @@ def find_wheel(explicit: Path | None) -> Path | None:
         return explicit.resolve()
     found = sorted((Path(__file__).resolve().parent / "wheels").glob("bitsmith-*.whl"))
     return found[-1] if found else None
+
+
+CPU_QUESTION = (
+    "Install Bitsmith for the CPU instead? It works, but large models are much slower; run the installer again "
+    "after fixing the driver to switch to the GPU. [y/N] "
+)
+
+
+def install_asking(
+    opts: Options,
+    mode: str,
+    ask: Callable[[str], str] | None,
+    run: Callable[[Options, str], int] = install,
+) -> int:
+    """Install; when the GPU cannot be used and `ask` is given, offer the CPU build and install it on a yes."""
+    code = run(opts, mode)
+    if code != EXIT_CPU_OFFER or ask is None:
+        return code
+    try:
+        answer = ask(CPU_QUESTION)
+    except (EOFError, KeyboardInterrupt):
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        return code
+    return run(replace(opts, allow_cpu=True), mode)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1486,7 +1623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch=args.torch,
         uv=find_uv(args.uv),
     )
-    code = install(opts, args.command)
+    code = install_asking(opts, args.command, input if args.ask else None)
     if args.pause:
         try:
             input("Press Enter to close this window.")

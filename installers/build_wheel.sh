@@ -7,6 +7,9 @@ OUT="${1:-dist}"
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 mkdir -p "$OUT"
 rm -f "$OUT"/bitsmith-*.whl
+# setuptools copies sources into build/lib and never removes what left the source tree since: a renamed or
+# deleted module would ship in the wheel (and, under engine/commands, break the CLI). Build from scratch.
+rm -rf build/lib build/bdist.*
 if "$PY" -I -c "import build" 2>/dev/null; then
   "$PY" -m build --wheel --no-isolation --outdir "$OUT" . >&2
 else  # offline with the environment's setuptools; with build isolation when that one is too old

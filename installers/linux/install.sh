@@ -3,12 +3,35 @@
 # and runs the shared bootstrap, which picks the PyTorch build for this machine's GPU, installs into
 # <root>/app/env and checks it; then a menu entry, an icon and a `bitsmith` command are added.
 # Running it again finishes an interrupted install, or updates an older one; models and chats are kept.
+# A copy stays in <root>/app, so `~/.local/share/Bitsmith/app/install.sh --repair` works without the download.
 #
 #   ./install.sh [--prefix DIR] [--bin-dir DIR] [--repair|--update] [--uv PATH] [--python VERSION|PATH]
 #                [--no-shortcuts] [bootstrap options: --allow-cpu --build cpu|cu128|... --offline
 #                 --find-links DIR --wheel FILE --torch SPEC --without-llama-cpp]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+
+# Started by a double-click in a file manager (no terminal): open a terminal window, so the progress, the
+# question about the CPU and the result in plain words can be seen.
+if [ ! -t 0 ] && [ ! -t 1 ] && [ -z "${BITSMITH_TERMINAL:-}" ] \
+    && { [ -n "${DISPLAY:-}" ] || [ -n "${WAYLAND_DISPLAY:-}" ]; }; then
+  export BITSMITH_TERMINAL=1
+  for term in x-terminal-emulator gnome-terminal konsole xfce4-terminal xterm; do
+    command -v "$term" >/dev/null || continue
+    case "$term" in
+      gnome-terminal) exec "$term" -- bash "$SELF" "$@" ;;
+      xfce4-terminal) exec "$term" -x bash "$SELF" "$@" ;;
+      *) exec "$term" -e bash "$SELF" "$@" ;;
+    esac
+  done
+fi
+# In the window opened above, keep it open at the end until the user has read the outcome.
+pause_at_exit() {
+  [ -n "${BITSMITH_TERMINAL:-}" ] && [ -t 0 ] && read -r -p "Press Enter to close this window. " _ || true
+}
+trap pause_at_exit EXIT
+
 # A release bundle holds everything side by side; a repo checkout keeps them in installers/ and resources/.
 first() { for f in "$@"; do [ -e "$f" ] && { echo "$f"; return 0; }; done; return 1; }
 # shellcheck disable=SC1090
@@ -20,6 +43,11 @@ ICON_SVG="$(first "$HERE/bitsmith.svg" "$HERE/../../resources/bitsmith.svg")"
 DATA_HOME="${XDG_DATA_HOME:-$HOME/.local/share}"
 ROOT="${BITSMITH_HOME:-$DATA_HOME/Bitsmith}"
 CUSTOM_ROOT="${BITSMITH_HOME:+1}"
+# Run from an installed app/ folder (repair, update): the root is its parent.
+if [ "$(basename "$HERE")" = app ] && { [ -f "$HERE/install.json" ] || [ -f "$HERE/install-incomplete.json" ]; }; then
+  ROOT="$(dirname "$HERE")"
+  [ "$ROOT" = "$DATA_HOME/Bitsmith" ] || CUSTOM_ROOT=1
+fi
 BIN_DIR="$HOME/.local/bin"
 MODE=install
 UV=""
@@ -72,11 +100,14 @@ elif [ ! -x "$APP/uv" ]; then
   if command -v uv >/dev/null; then copy_in "$(command -v uv)" "$APP/uv"; else fetch_uv; fi
 fi
 chmod +x "$APP/uv"
-copy_in "$BOOTSTRAP" "$APP/bootstrap.py"
-copy_in "$HERE/uninstall.sh" "$APP/uninstall.sh"; chmod +x "$APP/uninstall.sh"
-copy_in "$ICON_PNG" "$APP/bitsmith.png"
-if compgen -G "$HERE/wheels/bitsmith-*.whl" >/dev/null; then
-  rm -rf "$APP/wheels"; mkdir -p "$APP/wheels"; cp "$HERE"/wheels/bitsmith-*.whl "$APP/wheels/"
+for f in "$BOOTSTRAP" "$HERE/uninstall.sh" "$SELF" "$(first "$HERE/versions.env" "$HERE/../versions.env")" \
+    "$(first "$HERE/bitsmith.desktop.in")" "$ICON_PNG" "$ICON_SVG"; do
+  [ "$f" -ef "$APP/$(basename "$f")" ] || copy_in "$f" "$APP/$(basename "$f")"
+done
+chmod +x "$APP/uninstall.sh" "$APP/install.sh"
+if [ ! "$HERE" -ef "$APP" ] && compgen -G "$HERE/wheels/bitsmith-*.whl" >/dev/null; then
+  rm -rf "$APP/wheels.new"; mkdir -p "$APP/wheels.new"; cp "$HERE"/wheels/bitsmith-*.whl "$APP/wheels.new/"
+  rm -rf "$APP/wheels"; mv "$APP/wheels.new" "$APP/wheels"
 fi
 
 export UV_PYTHON_INSTALL_DIR="$APP/python" UV_CACHE_DIR="$APP/uv-cache" UV_NO_CONFIG=1 UV_NO_PROGRESS=1
@@ -92,13 +123,17 @@ if [ "$MANAGED" = 1 ]; then
     || fail "Python $PY could not be downloaded (no internet connection?)." "Connect to the internet and run this again."
 fi
 rm -f "$APP/last-message.txt"
+# In a terminal the bootstrap may ask: when the GPU cannot be used (no driver, driver too old), install for the CPU?
+ASK=()
+[ -t 0 ] && ASK=(--ask)
 set +e
-"${UV_RUN[@]}" "$APP/bootstrap.py" "$MODE" --root "$ROOT" --uv "$APP/uv" --python "$PY" "${PASS[@]}"
+"${UV_RUN[@]}" "$APP/bootstrap.py" "$MODE" --root "$ROOT" --uv "$APP/uv" --python "$PY" "${ASK[@]}" "${PASS[@]}"
 code=$?
 set -e
 if [ "$code" -ne 0 ] && [ "$code" -ne 1 ]; then
   # The bootstrap leaves last-message.txt with the problem and its fix; without it, it never started.
   [ -f "$APP/last-message.txt" ] || say "Problem: the installer stopped (exit $code). What to do: run it again; it continues where it stopped."
+  [ "$code" -eq 3 ] && say "(To install for the CPU anyway, run this again with --allow-cpu.)"
   exit "$code"
 fi
 
@@ -118,14 +153,18 @@ if [ "$SHORTCUTS" = 1 ]; then
   ln -sfn "$APP/bitsmith" "$BIN_DIR/bitsmith"
   cp "$ICON_PNG" "$DATA_HOME/icons/hicolor/256x256/apps/bitsmith.png"
   cp "$ICON_SVG" "$DATA_HOME/icons/hicolor/scalable/apps/bitsmith.svg"
-  # Desktop-entry Exec quoting: the path in double quotes, with \ " ` $ escaped.
-  exec_path="$(printf '%s' "$APP/bitsmith-gui" | sed -e 's/[\\"`$]/\\&/g')"
-  sed -e "s|@EXEC@|\"${exec_path//|/\\|}\"|" "$(first "$HERE/bitsmith.desktop.in")" \
-    > "$DATA_HOME/applications/bitsmith.desktop"
+  # The Exec key quotes the path in two layers (Desktop Entry spec): inside "..." each of " ` $ \ takes a
+  # backslash, then the file's string escaping doubles every backslash; % becomes %% (field codes).
+  exec_path="$(printf '%s' "$APP/bitsmith-gui" | sed -e 's/\\/\\\\\\\\/g' -e 's/["`$]/\\\\&/g' -e 's/%/%%/g')"
+  while IFS= read -r line; do
+    [ "$line" = "Exec=@EXEC@" ] && line="Exec=\"$exec_path\""
+    printf '%s\n' "$line"
+  done < "$APP/bitsmith.desktop.in" > "$DATA_HOME/applications/bitsmith.desktop.new"
+  mv "$DATA_HOME/applications/bitsmith.desktop.new" "$DATA_HOME/applications/bitsmith.desktop"
   command -v update-desktop-database >/dev/null && update-desktop-database -q "$DATA_HOME/applications" || true
   say "Added Bitsmith to the applications menu, and the 'bitsmith' command to $BIN_DIR."
   case ":$PATH:" in *":$BIN_DIR:"*) ;; *) say "(Add $BIN_DIR to your PATH to use 'bitsmith' in a terminal.)" ;; esac
 fi
 say "Bitsmith lives in $ROOT (program in app/, your models and chats beside it)."
-say "To uninstall: $APP/uninstall.sh"
+say "To repair: $APP/install.sh --repair   To uninstall: $APP/uninstall.sh"
 exit "$code"

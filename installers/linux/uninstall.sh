@@ -30,8 +30,8 @@ if [ -z "$KEEP" ]; then
     KEEP=1
   fi
 fi
+# Only a folder named Bitsmith is deleted whole: a custom --prefix (say ~/Documents) may hold other files.
 ours=0
-[ -f "$APP/install.json" ] || [ -f "$APP/install-incomplete.json" ] && ours=1
 case "$(basename "$ROOT")" in Bitsmith|bitsmith) ours=1 ;; esac
 
 rm -f "$DATA_HOME/applications/bitsmith.desktop" \
@@ -47,7 +47,8 @@ if [ "$KEEP" = 0 ]; then
     rm -rf "$ROOT"
     echo "Removed your Bitsmith models and chats ($ROOT)."
   else
-    echo "Kept $ROOT: it does not look like Bitsmith's folder; delete it by hand if you want it gone."
+    echo "Kept $ROOT: it is not a folder named Bitsmith, so it may hold other files."
+    echo "Delete your models and chats there by hand if you want them gone."
   fi
 else
   [ -d "$ROOT" ] && echo "Your models and chats are still in $ROOT."

@@ -66,8 +66,11 @@ RES="$(cd "$(dirname "$0")/../Resources" && pwd)"
 . "$RES/versions.env"
 ROOT="${BITSMITH_HOME:-$HOME/Library/Application Support/Bitsmith}"
 APP="$ROOT/app"
+VERSION="$(cd "$RES/wheels" && ls bitsmith-*.whl | tail -1 | cut -d- -f2)"
+# (Re)install on the first start, after an interrupted install, and after an update of the .app (a new
+# bootstrap, or a Bitsmith version that install.json does not record yet); otherwise start the app.
 if [ ! -f "$APP/install.json" ] || [ -f "$APP/install-incomplete.json" ] || \
-   ! cmp -s "$RES/bootstrap.py" "$APP/bootstrap.py"; then
+   ! cmp -s "$RES/bootstrap.py" "$APP/bootstrap.py" || ! grep -qF "\"bitsmith\": \"$VERSION\"" "$APP/install.json"; then
   mkdir -p "$APP"
   cp "$RES/uv" "$RES/bootstrap.py" "$APP/"
   rm -rf "$APP/wheels"; cp -R "$RES/wheels" "$APP/wheels"
@@ -79,7 +82,7 @@ if ! "$APP/uv" python install $PYTHON_VERSION; then
   echo "Problem: Python could not be downloaded. What to do: connect to the internet and open Bitsmith again."
   read -r -p "Press Enter to close this window."; exit 1
 fi
-"$APP/uv" run --no-project --managed-python --python $PYTHON_VERSION "$APP/bootstrap.py" install --root "$ROOT" --uv "$APP/uv" --pause && open -a "$RES/../.."
+"$APP/uv" run --no-project --managed-python --python $PYTHON_VERSION "$APP/bootstrap.py" install --root "$ROOT" --uv "$APP/uv" --pause --ask && open -a "$RES/../.."
 CMD
   chmod +x "$SCRIPT"
   open -a Terminal "$SCRIPT"

@@ -5,7 +5,9 @@
 ; older one; models and chats in %LOCALAPPDATA%\Bitsmith are never touched by install, repair or update.
 ;
 ; Command line: /S (silent), /ALLOWCPU (install for the CPU when the GPU cannot be used), /BUILD=cu126 (force a
-; PyTorch build). Uninstaller: /S keeps models and chats; /repair rebuilds the environment.
+; PyTorch build). When the GPU cannot be used (no driver, driver or GPU too old), Setup shows why and asks whether
+; to install for the CPU instead; silent Setup says no unless /ALLOWCPU was given.
+; Uninstaller: /S keeps models and chats, /S /REMOVEDATA deletes them too; /repair rebuilds the environment.
 
 ; 64-bit: PyTorch and uv exist only for 64-bit Windows, so a 32-bit Windows gets a clear "cannot run" at once.
 Target amd64-unicode
@@ -74,8 +76,8 @@ Var KeepData
   System::Call 'Kernel32::SetEnvironmentVariable(t "PYTHONIOENCODING", t "utf-8")i'
 !macroend
 
-; Show the bootstrap's last message (UTF-16 text it leaves in app\last-message.txt) in a message box.
-!macro ShowLastMessage FLAGS PREFIX
+; Read the bootstrap's last message (UTF-16 text it leaves in app\last-message.txt) into $R8, after PREFIX.
+!macro ReadLastMessage PREFIX
   StrCpy $R8 "${PREFIX}"
   ClearErrors
   FileOpen $R9 "$INSTDIR\last-message.txt" r
@@ -92,6 +94,11 @@ Var KeepData
   ${Else}
     StrCpy $R8 "$R8The details are in the list above."
   ${EndIf}
+!macroend
+
+; Show the bootstrap's last message in a message box.
+!macro ShowLastMessage FLAGS PREFIX
+  !insertmacro ReadLastMessage "${PREFIX}"
   MessageBox ${FLAGS} "$R8" /SD IDOK
 !macroend
 
@@ -147,11 +154,22 @@ Section "Bitsmith" SecMain
     Abort
   ${EndIf}
   DetailPrint "Finding your GPU, then downloading the matching PyTorch (progress follows)..."
+  bootstrap:
   nsExec::ExecToLog '"$INSTDIR\uv.exe" run --no-project --managed-python --python ${PYVER} "$INSTDIR\bootstrap.py" install --root "$Root" --uv "$INSTDIR\uv.exe" --wheel "$INSTDIR\wheels\${WHEELNAME}"$ExtraArgs'
   Pop $0
   ${If} $0 == "error"
     MessageBox MB_ICONSTOP "Setup could not start its helper program (uv.exe). Your antivirus may have blocked it; allow it and run Setup again." /SD IDOK
     Abort
+  ${ElseIf} $0 == 3
+    ; The GPU cannot be used (no driver, driver or GPU too old); nothing was installed yet. Ask before a CPU install.
+    !insertmacro ReadLastMessage ""
+    MessageBox MB_YESNO|MB_ICONEXCLAMATION|MB_DEFBUTTON2 "$R8$\r$\n$\r$\nInstall Bitsmith for the CPU instead? It works, but large models are much slower. After fixing the driver, run Setup again to switch to the GPU." /SD IDNO IDYES cpu
+    DetailPrint "Setup stopped: the GPU cannot be used. Fix the problem above, then run Setup again."
+    Abort
+    cpu:
+    DetailPrint "Installing for the CPU, as you chose."
+    StrCpy $ExtraArgs "$ExtraArgs --allow-cpu"
+    Goto bootstrap
   ${ElseIf} $0 != 0
   ${AndIf} $0 != 1
     !insertmacro ShowLastMessage "MB_ICONSTOP" "Bitsmith could not be installed.$\r$\n$\r$\n"
@@ -194,7 +212,7 @@ Function un.onInit
     ; Repair: rebuild the environment in a console window that shows progress; models and chats stay.
     !insertmacro SetUvEnv
     ${GetParent} "$INSTDIR" $R2
-    ExecWait '"$INSTDIR\uv.exe" run --no-project --managed-python --python ${PYVER} "$INSTDIR\bootstrap.py" repair --root "$R2" --uv "$INSTDIR\uv.exe" --pause' $R3
+    ExecWait '"$INSTDIR\uv.exe" run --no-project --managed-python --python ${PYVER} "$INSTDIR\bootstrap.py" repair --root "$R2" --uv "$INSTDIR\uv.exe" --pause --ask' $R3
     Quit
   ${EndIf}
 FunctionEnd
@@ -203,6 +221,14 @@ Section "Uninstall"
   SetShellVarContext current
   ${GetParent} "$INSTDIR" $R0
   StrCpy $KeepData 1
+  ${GetParameters} $R2
+  ClearErrors
+  ${GetOptions} $R2 "/REMOVEDATA" $R3
+  ${IfNot} ${Errors}
+  ${AndIf} ${Silent}
+    StrCpy $KeepData 0
+    Goto keep
+  ${EndIf}
   MessageBox MB_YESNO|MB_ICONQUESTION "Keep your models and chats?$\r$\n$\r$\nYes: they stay in $R0, and installing Bitsmith again finds them.$\r$\nNo: delete them as well." /SD IDYES IDYES keep
     StrCpy $KeepData 0
   keep:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -79,9 +81,12 @@ class World:
                             can_reach=lambda host: self.online, disk_free=lambda path: self.free,
                             now=lambda: 1_700_000_000.0, remove_tree=shutil.rmtree)
 
+    def options(self, **opts):
+        opts.setdefault("wheel", Path("/dl/bitsmith-0.2.0-py3-none-any.whl"))
+        return self.bs.Options(root=self.layout.root, uv="uv.exe", **opts)
+
     def install(self, mode: str = "install", **opts) -> int:
-        options = self.bs.Options(root=self.layout.root, wheel=Path("/dl/bitsmith-0.2.0-py3-none-any.whl"),
-                                  uv="uv.exe", **opts)
+        options = self.options(**opts)
         console = self.bs.Console(None, self.out)
         return self.bs.install(options, mode, self.deps(), console, system=self.layout.system)
 
@@ -103,7 +108,7 @@ def test_fresh_windows_install_with_a_blackwell_gpu(bs, tmp_path) -> None:
     venv, torch, triton, bitsmith = (argv for _, argv in w.steps)
     assert venv[:5] == ["uv.exe", "venv", "--python", "3.12", "--managed-python"] and venv[-1] == str(w.layout.env)
     assert "--index-url" in torch and torch[torch.index("--index-url") + 1].endswith("/whl/cu128")
-    assert torch[-1] == "torch>=2.7" and str(w.layout.env_bin("python")) in torch
+    assert torch[-1] == "torch>=2.7,<2.15" and str(w.layout.env_bin("python")) in torch  # below triton-windows' table
     assert triton[-1] == "triton-windows>=3.5,<3.6"
     assert bitsmith[-1].endswith("bitsmith-0.2.0-py3-none-any.whl")
     assert bitsmith[bitsmith.index("--extra-index-url") + 1].endswith("llama-cpp-python/whl/cpu")
@@ -122,6 +127,7 @@ def test_linux_install_needs_no_triton_step(bs, tmp_path) -> None:
     assert w.install() == bs.EXIT_OK
     assert [k for k, _ in w.steps] == ["venv", "torch", "bitsmith"]
     assert w.steps[1][1][w.steps[1][1].index("--index-url") + 1].endswith("/cu130")
+    assert w.steps[1][1][-1] == "torch>=2.9"  # Linux torch wheels bring their own Triton: no cap
 
 
 def test_no_network_before_downloading(bs, tmp_path) -> None:
@@ -177,7 +183,7 @@ def test_interrupted_install_leaves_a_marker_and_reruns(bs, tmp_path) -> None:
 
 def test_no_driver_is_reported_and_nothing_is_touched(bs, tmp_path) -> None:
     w = World(bs, tmp_path, hw=bs.Hardware("Windows", "x86_64", nvidia_device=True))
-    assert w.install() == bs.EXIT_ERROR
+    assert w.install() == bs.EXIT_CPU_OFFER  # the platform installer may now offer the CPU build
     assert not w.steps and not w.layout.marker.exists()
     assert "driver is missing" in w.message() and "/ALLOWCPU" in w.message()
     w.probe = {**RTX5090_PROBE, "torch": "2.9.1+cpu", "torch_cuda": None, "cuda_available": False,
@@ -191,8 +197,9 @@ def test_no_driver_is_reported_and_nothing_is_touched(bs, tmp_path) -> None:
 def test_driver_too_old_message(bs, tmp_path) -> None:
     hw = bs.Hardware("Windows", "x86_64", (bs.Gpu("NVIDIA GeForce RTX 5090", (12, 0), 32607),), "566.36", True)
     w = World(bs, tmp_path, hw=hw)
-    assert w.install() == bs.EXIT_ERROR
+    assert w.install() == bs.EXIT_CPU_OFFER
     assert "566.36" in w.message() and "570.65" in w.message() and not w.steps
+    assert not w.layout.marker.exists() and not w.layout.env.exists()
 
 
 def test_older_install_is_updated_in_place_keeping_data(bs, tmp_path) -> None:
@@ -344,3 +351,125 @@ def test_uninstall_refuses_to_delete_a_home_folder(bs, tmp_path) -> None:
     with pytest.raises(bs.InstallError):
         bs.uninstall(home, keep_data=False, system="Linux", home=home)
     assert (home / "app").exists()
+
+
+def cpu_probe():
+    return {**RTX5090_PROBE, "torch": "2.9.1+cpu", "torch_cuda": None, "cuda_available": False, "triton": "skipped"}
+
+
+@pytest.mark.parametrize("answer,installed", [("y", True), ("yes", True), ("n", False), ("", False), (EOFError, False)])
+def test_driver_too_old_offers_the_cpu_and_installs_it_only_on_yes(bs, tmp_path, answer, installed) -> None:
+    hw = bs.Hardware("Windows", "x86_64", (bs.Gpu("NVIDIA GeForce RTX 3060", (8, 6), 12288),), "516.94", True)
+    w = World(bs, tmp_path, hw=hw, probe=cpu_probe())
+    asked = []
+
+    def ask(question):
+        asked.append(question)
+        if answer is EOFError:
+            raise EOFError
+        return answer
+
+    run = lambda opts, mode: bs.install(opts, mode, w.deps(), bs.Console(None, w.out), system="Windows")  # noqa: E731
+    code = bs.install_asking(w.options(), "install", ask, run)
+    assert len(asked) == 1 and "CPU" in asked[0] and "[y/N]" in asked[0]
+    if installed:
+        assert code == bs.EXIT_OK and w.state()["build"] == "cpu"
+        torch = next(argv for k, argv in w.steps if k == "torch")
+        assert torch[torch.index("--index-url") + 1].endswith("/whl/cpu")
+        assert "NOT used" in w.message() and "run the installer again" in w.message()  # the warning stays visible
+    else:
+        assert code == bs.EXIT_CPU_OFFER and not w.steps and not w.layout.state_file.exists()
+        assert "too old" in w.message()
+
+
+def test_a_working_gpu_is_never_asked_about_the_cpu(bs, tmp_path) -> None:
+    w = World(bs, tmp_path)
+    run = lambda opts, mode: bs.install(opts, mode, w.deps(), bs.Console(None, w.out), system="Windows")  # noqa: E731
+    assert bs.install_asking(w.options(), "install", lambda q: pytest.fail("asked"), run) == bs.EXIT_OK
+
+
+def test_disk_filling_up_while_the_installer_writes_its_own_files(bs, tmp_path, monkeypatch) -> None:
+    """Not only uv's downloads: the installer's own small files can hit a full disk, with the same message."""
+    w = World(bs, tmp_path)
+    real = bs.write_json
+
+    def full(path, data):
+        if data.get("step") == "bitsmith":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(bs, "write_json", full)
+    assert w.install() == bs.EXIT_ERROR
+    assert "is full" in w.message() and "continues where it stopped" in w.message()
+    assert json.loads(w.layout.marker.read_text())["step"] == "triton"  # the last step that started
+    monkeypatch.setattr(bs, "write_json", real)
+    w.steps.clear()
+    assert w.install() == bs.EXIT_OK
+    assert w.steps[0][0] == "venv" and not w.layout.marker.exists()
+
+
+def test_no_permission_on_a_file_is_a_plain_message(bs, tmp_path, monkeypatch) -> None:
+    w = World(bs, tmp_path)
+    monkeypatch.setattr(bs, "installed_torch_version", lambda layout, deps: (_ for _ in ()).throw(
+        PermissionError(errno.EACCES, "Permission denied", "python.exe")))
+    assert w.install() == bs.EXIT_ERROR
+    assert "Close Bitsmith" in w.message() and "Traceback" not in w.text
+
+
+def test_update_checks_room_for_a_new_pytorch(bs, tmp_path) -> None:
+    w = World(bs, tmp_path)
+    assert w.install() == bs.EXIT_OK
+    w.free = 3 * 10**9
+    w.steps.clear()
+    assert w.install("update") == bs.EXIT_ERROR
+    assert "about 8 GB needed" in w.message() and not w.steps
+    assert w.install() == bs.EXIT_OK  # a plain re-install over a working environment needs little
+
+
+def make_wheel(folder: Path, version: str, requires: list[str]) -> Path:
+    """A minimal Bitsmith wheel whose METADATA lists `requires`."""
+    wheel = folder / f"bitsmith-{version}-py3-none-any.whl"
+    meta = f"Metadata-Version: 2.4\nName: bitsmith\nVersion: {version}\n"
+    meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(f"bitsmith-{version}.dist-info/METADATA", meta)
+    return wheel
+
+
+def test_update_to_a_bitsmith_that_needs_a_newer_torch(bs, tmp_path) -> None:
+    """The Bitsmith step pins torch, so the torch step must already ask for the new wheel's floor."""
+    hw = bs.Hardware("Windows", "x86_64", (bs.Gpu("NVIDIA GeForce RTX 5090", (12, 0), 32607),), "581.57", True)
+    w = World(bs, tmp_path, hw=hw, torch_version="2.11.0+cu130")
+    assert w.install(wheel=make_wheel(tmp_path, "0.1.0", ["torch>=2.4", "numpy>=1.24"])) == bs.EXIT_OK
+    assert w.steps[1][1][-1] == "torch>=2.9,>=2.4,<2.15"
+    w.steps.clear()
+    w.torch_version = "2.14.1+cu130"
+    newer = make_wheel(tmp_path, "0.2.0", ["torch>=2.12", "triton-windows>=3.0; platform_system == 'Windows'"])
+    assert w.install(wheel=newer) == bs.EXIT_OK
+    torch = next(argv for k, argv in w.steps if k == "torch")
+    assert torch[-1] == "torch>=2.9,>=2.12,<2.15" and torch[torch.index("--index-url") + 1].endswith("/cu130")
+    assert next(argv for k, argv in w.steps if k == "triton")[-1] == "triton-windows>=3.8,<3.9"
+    assert w.layout.constraints.read_text() == "torch==2.14.1+cu130\n"
+
+
+@pytest.mark.parametrize(
+    "requires,floor",
+    [(["torch>=2.4"], ">=2.4"), (["torch (>=2.6,<3)"], ">=2.6,<3"), (["Torch >= 2.9"], ">=2.9"),
+     (["torchvision>=0.20"], None), (["torch>=2.4; extra == 'dev'"], None), (["torch"], None), ([], None)],
+)
+def test_wheel_requirement(bs, tmp_path, requires, floor) -> None:
+    assert bs.wheel_requirement(make_wheel(tmp_path, "0.1.0", requires), "torch") == floor
+    assert bs.wheel_requirement(tmp_path / "missing.whl", "torch") is None
+
+
+def test_uninstall_keeps_a_custom_folder_that_is_not_named_bitsmith(bs, tmp_path) -> None:
+    """--prefix ~/Documents once: removing 'models and chats' must not delete the rest of Documents."""
+    docs = tmp_path / "Documents"
+    (docs / "app").mkdir(parents=True)
+    (docs / "app" / "install.json").write_text("{}")
+    (docs / "thesis.odt").write_text("years of work")
+    with pytest.raises(bs.InstallError) as err:
+        bs.uninstall(docs, keep_data=False, system="Linux", home=tmp_path)
+    assert "Nothing was removed" in err.value.hint and (docs / "thesis.odt").exists()
+    assert bs.uninstall(docs, keep_data=True, system="Linux", home=tmp_path) == [docs / "app"]
+    assert (docs / "thesis.odt").read_text() == "years of work"

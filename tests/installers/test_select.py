@@ -22,6 +22,14 @@ GTX780 = ("NVIDIA GeForce GTX 780", (3, 5), 3072)
 H100 = ("NVIDIA H100 80GB HBM3", (9, 0), 81559)
 A100 = ("NVIDIA A100-SXM4-40GB", (8, 0), 40960)
 GH200 = ("NVIDIA GH200 480GB", (9, 0), 97871)
+H200 = ("NVIDIA H200", (9, 0), 143771)
+B200 = ("NVIDIA B200", (10, 0), 183359)
+RTXPRO6000 = ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", (12, 0), 97887)
+GB10 = ("NVIDIA GB10", (12, 1), 124610)  # DGX Spark: arm64, sm_121 runs sm_120 code
+RTX2080TI = ("NVIDIA GeForce RTX 2080 Ti", (7, 5), 11264)
+GTX1660 = ("NVIDIA GeForce GTX 1660 SUPER", (7, 5), 6144)
+RTX4060LAPTOP = ("NVIDIA GeForce RTX 4060 Laptop GPU", (8, 9), 8188)
+M4000 = ("Quadro M4000", (5, 2), 8192)
 FUTURE = ("NVIDIA GeForce RTX 7090", (13, 0), 49152)
 
 # (case, os, machine, gpus, driver, expected build)
@@ -47,7 +55,24 @@ CHOICES = [
     ("5090 + 3090: cu128 covers both", "Linux", "x86_64", [RTX5090, RTX3090], "575.64.03", "cu128"),
     ("capability unknown (old nvidia-smi, no NVML)", "Linux", "x86_64", [("NVIDIA GeForce RTX 3080", None, 10240)],
      "575.64", "cu128"),
-    ("a GPU newer than the table", "Linux", "x86_64", [FUTURE], "610.10", "cu130"),
+    # Late-2026 drivers: the 595 branch (CUDA 13.2) and newer get cu132, which PyTorch 2.12+ publishes.
+    ("5090, Windows, 595 driver", "Windows", "x86_64", [RTX5090], "595.97", "cu132"),
+    ("5090, Linux, exactly the cu132 minimum", "Linux", "x86_64", [RTX5090], "595.45.04", "cu132"),
+    ("5090, Linux, 590 driver: below cu132", "Linux", "x86_64", [RTX5090], "590.48.01", "cu130"),
+    ("5070, Windows, 591 driver", "Windows", "x86_64", [RTX5070], "591.86", "cu130"),
+    ("4090, Linux, 610 driver", "Linux", "x86_64", [RTX4090], "610.43.02", "cu132"),
+    ("H200, Linux, 595.58", "Linux", "x86_64", [H200], "595.58.03", "cu132"),
+    ("B200 (sm_100), Linux, 575 driver", "Linux", "x86_64", [B200], "575.57.08", "cu128"),
+    ("RTX PRO 6000 Blackwell, Linux, 580 LTS", "Linux", "x86_64", [RTXPRO6000], "580.95.05", "cu130"),
+    ("DGX Spark GB10 (arm64, sm_121)", "Linux", "arm64", [GB10], "580.95.05", "cu130"),
+    ("2080 Ti, Windows, 566 driver", "Windows", "x86_64", [RTX2080TI], "566.36", "cu126"),
+    ("1660 SUPER, Windows, 537 driver", "Windows", "x86_64", [GTX1660], "537.58", "cu118"),
+    ("4060 Laptop, Windows, 546 OEM driver", "Windows", "x86_64", [RTX4060LAPTOP], "546.33", "cu118"),
+    ("Quadro M4000 (Maxwell), Windows, 552 driver", "Windows", "x86_64", [M4000], "552.44", "cu124"),
+    ("1080 Ti on a 600 driver: only cu126 has Pascal", "Windows", "x86_64", [GTX1080TI], "600.10", "cu126"),
+    ("Titan V on a 610 driver", "Linux", "x86_64", [TITANV], "610.43.02", "cu126"),
+    ("3090 + 1080 Ti on 610 share cu126", "Linux", "x86_64", [RTX3090, GTX1080TI], "610.43.02", "cu126"),
+    ("a GPU newer than the table", "Linux", "x86_64", [FUTURE], "610.10", "cu132"),
 ]
 
 
@@ -86,9 +111,11 @@ def test_choice_prefers_the_newest_fitting_build(bs) -> None:
 
 def test_blackwell_never_gets_a_build_without_sm_120(bs) -> None:
     for build in bs.CUDA_BUILDS:
-        assert build.supports((12, 0)) == (build.tag in ("cu128", "cu130"))
-    # Even a very new driver: cu126 wheels have no sm_120 code, so they are never chosen for an RTX 50.
-    assert bs.choose_torch(hw_of(bs, "Windows", "x86_64", [RTX5070], "600.10")).build in ("cu128", "cu130")
+        assert build.supports((12, 0)) == (build.tag in ("cu128", "cu130", "cu132"))
+    # Whatever the driver: cu126 wheels have no sm_120 code, so they are never chosen for an RTX 50.
+    for driver in ("570.65", "576.88", "581.57", "591.86", "595.97", "600.10"):
+        choice = bs.choose_torch(hw_of(bs, "Windows", "x86_64", [RTX5070], driver))
+        assert choice.build in ("cu128", "cu130", "cu132"), driver
 
 
 def test_blackwell_on_an_old_driver_asks_for_570(bs) -> None:
@@ -97,6 +124,7 @@ def test_blackwell_on_an_old_driver_asks_for_570(bs) -> None:
     assert err.value.kind == "driver_too_old"
     assert "566.36" in err.value.message and "570.65" in err.value.message
     assert "run the installer again" in err.value.hint and "Setup with /ALLOWCPU" in err.value.hint
+    assert "595.xx or newer for CUDA 13.2" in err.value.hint  # the best build, as a Windows driver branch
 
 
 def test_linux_boundary_just_below_the_minimum(bs) -> None:
@@ -114,6 +142,7 @@ def test_driver_too_old_for_any_cuda_build(bs) -> None:
     assert "nvidia.com" in err.value.hint
     cpu = bs.choose_torch(hw, allow_cpu=True)
     assert cpu.build == "cpu" and cpu.index_url.endswith("/cpu")
+    assert "NOT used" in cpu.notes[0] and "run the installer again" in cpu.notes[0]  # a clear warning
 
 
 def test_arm64_linux_has_only_the_modern_builds(bs) -> None:
@@ -145,7 +174,21 @@ def test_pre_turing_gpu_gets_a_triton_note(bs) -> None:
 
 def test_future_gpu_gets_the_newest_build_with_a_note(bs) -> None:
     choice = bs.choose_torch(hw_of(bs, "Linux", "x86_64", [FUTURE], "610.10"))
-    assert choice.build == "cu130" and any("newer than" in n for n in choice.notes)
+    assert choice.build == "cu132" and any("newer than" in n for n in choice.notes)
+
+
+def test_table_matches_pytorch_late_2026_builds(bs) -> None:
+    """The facts the table encodes, per PyTorch's RELEASE.md matrix and NVIDIA's toolkit release notes."""
+    builds = {b.tag: b for b in bs.CUDA_BUILDS}
+    assert list(builds) == ["cu132", "cu130", "cu128", "cu126", "cu124", "cu118"]  # newest first
+    assert builds["cu132"].min_driver["Linux"] == (595, 45, 4) and builds["cu132"].torch == ">=2.12"
+    assert builds["cu130"].min_driver["Linux"] == (580, 65, 6) and builds["cu130"].torch == ">=2.9"
+    assert builds["cu128"].min_driver["Linux"] == (570, 26) and builds["cu128"].torch == ">=2.7"
+    # CUDA 13 wheels dropped Maxwell, Pascal and Volta; cu128 dropped Volta in 2.11. Only cu126 keeps them.
+    for old in ((5, 0), (6, 1), (7, 0)):
+        assert [t for t, b in builds.items() if b.supports(old)] == ["cu126", "cu124", "cu118"]
+    for tag in ("cu132", "cu130", "cu128"):
+        assert builds[tag].supports((12, 0)) and builds[tag].supports((10, 0)) and "arm64" in builds[tag].machines
 
 
 def test_no_nvidia_gpu_installs_for_the_cpu(bs) -> None:
@@ -187,10 +230,21 @@ def test_requested_builds(bs) -> None:
     "torch_version,spec",
     [("2.9.1+cu128", "triton-windows>=3.5,<3.6"), ("2.7.0", "triton-windows>=3.3,<3.4"),
      ("2.6.0+cu126", "triton-windows>=3.2,<3.3"), ("2.10.0+cu130", "triton-windows>=3.6,<3.7"),
+     # From 2.11 the pairing is no longer torch 2.N <-> Triton 3.(N-4):
+     ("2.11.0+cu130", "triton-windows>=3.6,<3.7"), ("2.12.1+cu132", "triton-windows>=3.7,<3.8"),
+     ("2.13.0+cu130", "triton-windows>=3.7,<3.8"), ("2.14.1+cu130", "triton-windows>=3.8,<3.9"),
      ("2.5.1+cu124", "triton-windows<3.2")],
 )
 def test_triton_windows_matches_torch(bs, torch_version, spec) -> None:
     assert bs.triton_windows_spec(torch_version) == spec
+
+
+def test_a_torch_newer_than_the_triton_table_is_never_installed_on_windows(bs) -> None:
+    """torch 2.15 came out before a triton-windows for it: the torch step stays below it, the triton step refuses."""
+    assert bs.WINDOWS_TORCH_BELOW == "2.15"
+    with pytest.raises(bs.InstallError) as err:
+        bs.triton_windows_spec("2.15.0+cu132")
+    assert "2.15.0" in err.value.message and "below 2.15" in err.value.hint
 
 
 @pytest.mark.parametrize(

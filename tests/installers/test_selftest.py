@@ -69,7 +69,18 @@ def test_mac_and_broken_llama(bs) -> None:
              "mps_available": True, "triton": "skipped", "llama_cpp": "error", "llama_cpp_error": "OSError: dylib"}
     checks = by_name(bs.interpret_probe(facts, "default", "Darwin"))
     assert checks["GPU"].status == "ok" and "Metal" in checks["GPU"].message
-    assert checks["llama.cpp"].status == "problem" and "repair" in checks["llama.cpp"].fix
+    assert checks["llama.cpp"].status == "problem" and "open Bitsmith again" in checks["llama.cpp"].fix
+
+
+def test_repair_hint_names_the_way_each_platform_repairs(bs) -> None:
+    root = Path("/home/zoë/.local/share/Bitsmith")
+    facts = {**H100, "triton": "error", "triton_error": "boom"}
+    linux = by_name(bs.interpret_probe(facts, "cu130", "Linux", root))["Triton"]
+    assert f"Run {root}/app/install.sh --repair" in linux.fix  # install.sh keeps a copy of itself there
+    windows = by_name(bs.interpret_probe(facts, "cu130", "Windows", root))["Triton"]
+    assert "Repair Bitsmith" in windows.fix
+    mac = bs.repair_hint("Darwin", Path("/Users/z/Library/Application Support/Bitsmith"))
+    assert "delete the folder /Users/z/Library/Application Support/Bitsmith/app" in mac and "models" in mac
 
 
 def test_render_reads_plainly(bs) -> None:
