@@ -148,14 +148,19 @@ class JobHandle:
         """Ask the job to stop at its next safe point (it keeps its resumable state)."""
         return self.send({"cancel": True})
 
-    def interrupt(self) -> None:
-        """Cancel by signal: SIGINT on POSIX, CTRL_BREAK_EVENT on Windows (sent twice, it forces an exit)."""
+    def interrupt(self) -> bool:
+        """Cancel by signal: SIGINT on POSIX, CTRL_BREAK_EVENT on Windows (sent twice, it forces an exit).
+
+        False when no signal could be sent: on Windows a console event needs a console, and an app started
+        by pythonw (no console window) has none; callers then rely on the stdin cancel and, last, `kill`.
+        """
         if self.proc.poll() is not None:
-            return
-        if sys.platform == "win32":
-            self.proc.send_signal(signal.CTRL_BREAK_EVENT)
-        else:
-            self.proc.send_signal(signal.SIGINT)
+            return False
+        try:
+            self.proc.send_signal(signal.CTRL_BREAK_EVENT if sys.platform == "win32" else signal.SIGINT)
+        except (OSError, ValueError):
+            return False
+        return True
 
     def kill(self) -> None:
         """Stop the worker at once, without a clean stop (its last checkpoint still allows a resume)."""

@@ -74,12 +74,28 @@ def test_cancel_mid_job(env: dict[str, str], how: str) -> None:
     if how == "stdin":
         assert handle.cancel()
     else:
-        handle.interrupt()
+        assert handle.interrupt()
     rest = list(handle.events(timeout=20))
     assert handle.wait(20) == 3
     assert rest[-1]["event"] == "done" and rest[-1]["status"] == "cancelled"
     assert not any(e["event"] == "error" for e in rest)
     assert json.loads((handle.job_dir / "state.json").read_text())["status"] == "cancelled"
+    handle.close()
+
+
+def test_interrupt_without_a_console_falls_back_to_stdin_cancel_and_kill(env: dict[str, str], monkeypatch) -> None:
+    # Windows: an app started by pythonw has no console, so CTRL_BREAK_EVENT cannot be sent (OSError)
+    handle = JobClient().start("count", {"n": 500, "sleep_s": 0.05}, env=env)
+    until_progress(handle, at_least=1)
+
+    def no_console(sig: int) -> None:
+        raise OSError(6, "The handle is invalid")
+
+    monkeypatch.setattr(handle.proc, "send_signal", no_console)
+    assert handle.interrupt() is False  # said, not raised: the caller's timer goes on to kill
+    assert handle.cancel()
+    assert list(handle.events(timeout=20))[-1]["status"] == "cancelled"
+    assert handle.wait(20) == 3
     handle.close()
 
 
