@@ -5,10 +5,16 @@ shows on the Jobs page too. The engine keeps partial files in a hidden staging f
 and resumes from them, so Pause is a clean cancel of the job and Resume starts the same job id again; Cancel
 also deletes the staging folder. The unfinished downloads are listed in <data dir>/downloads.json (written
 atomically); one that was running when the app stopped comes back as "interrupted", ready to resume.
+
+A download always finishes in the current models folder. When that folder changed while a download was stopped,
+its partial files have either moved with the models (the Settings page carries them; follow_move updates the
+list) or are still in the old folder: Resume then moves them over first (app.move_models, on a pool thread: a
+rename on one disk, a copy to another) and continues from where it stopped.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections import deque
@@ -21,6 +27,8 @@ from PySide6.QtCore import QObject, Signal
 
 from bitsmith.engine.jobfiles import read_json, write_json_atomic
 
+from . import move_models as mm
+from .background import error_text, run_in_background
 from .qtjob import QtJob
 
 DOWNLOADS_FILE = "downloads.json"
@@ -85,10 +93,11 @@ class Download:
     job: QtJob | None = field(default=None, repr=False)
     stop_reason: str | None = None  # "pause" or "cancel" while the job is being stopped
     meter: RateMeter = field(default_factory=RateMeter, repr=False)
+    relocating: bool = False  # its partial files are moving to the current models folder before the job starts
 
     @property
     def running(self) -> bool:
-        return self.job is not None and self.job.running
+        return self.relocating or (self.job is not None and self.job.running)
 
     @property
     def fraction(self) -> float | None:
@@ -161,6 +170,15 @@ class DownloadManager(QObject):
         d.meter = RateMeter()
         if total_bytes and not d.total_bytes:
             d.total_bytes = total_bytes
+        if self._follow_models_folder(d):
+            self._save()
+            self.changed.emit(model_id)
+            return d  # the job starts once the partial files are in the new folder
+        self._start_job(d)
+        return d
+
+    def _start_job(self, d: Download) -> None:
+        model_id = d.model_id
         token = stored_token()
         job = self.services.jobs.start("download", {"model": model_id, "dest": d.dest}, job_id=d.job_id,
                                        env={"HF_TOKEN": token} if token else None)
@@ -169,14 +187,80 @@ class DownloadManager(QObject):
         job.finished.connect(lambda ev, d=d, job=job: self._on_finished(d, job, ev))
         self._save()
         self.changed.emit(model_id)
-        return d
+
+    # -- the models folder moved ------------------------------------------------------------------
+    def _follow_models_folder(self, d: Download) -> bool:
+        """Point a stopped download at the current models folder; True when its partial files must move there
+        first (they do, on a pool thread, and the job starts afterwards)."""
+        old, new = Path(d.dest), self.dest_for(d.model_id)
+        if mm.same_folder(old, new):
+            return False
+        old_staging, new_staging = staging_paths(old)[0], staging_paths(new)[0]
+        if not old_staging.is_dir() or os.path.lexists(new_staging):
+            d.dest = str(new)  # nothing to bring (or it is there already): continue in the new folder
+            return False
+        plan = mm.plan_entries(old.parent, new.parent, [old_staging.name])
+        d.relocating = True
+
+        def done(report: mm.MoveReport) -> None:
+            d.relocating = False
+            if old_staging.name in report.moved:
+                d.dest = str(new)
+            reason, d.stop_reason = d.stop_reason, None
+            if reason == "cancel":
+                self._discard(d)
+                return
+            if reason == "pause" or not report.complete:
+                d.status = "paused" if reason == "pause" else "failed"
+                if not report.complete and not report.cancelled:
+                    d.error = (f"Its partial files could not move to the new models folder {new.parent}: "
+                               f"{report.error or 'see the log'}. Resume tries again; nothing was lost.")
+                self._save()
+                self.changed.emit(d.model_id)
+                return
+            self._start_job(d)
+
+        def failed(exc: BaseException) -> None:
+            d.relocating, d.stop_reason, d.status = False, None, "failed"
+            d.error = f"Its partial files could not move to the new models folder: {error_text(exc)}"
+            self._save()
+            self.changed.emit(d.model_id)
+
+        run_in_background(lambda: mm.move_models(plan, cancelled=lambda: d.stop_reason is not None), done, failed)
+        return True
+
+    def carried_entries(self, folder: Path) -> list[str]:
+        """The partial-file folders in `folder` of downloads that are stopped: a move of the models folder takes
+        them along (follow_move then points the downloads there)."""
+        names = []
+        for d in self.downloads.values():
+            staging = staging_paths(Path(d.dest))[0]
+            if not d.running and mm.same_folder(staging.parent, folder) and staging.is_dir():
+                names.append(staging.name)
+        return names
+
+    def follow_move(self, report: mm.MoveReport) -> None:
+        """The models folder's entries moved (Settings page): stopped downloads whose partial files went along
+        now continue in the new folder."""
+        changed = []
+        for d in self.downloads.values():
+            old = Path(d.dest)
+            if not d.running and mm.same_folder(old.parent, report.source) and \
+                    staging_paths(old)[0].name in report.moved:
+                d.dest = str(Path(report.dest) / old.name)
+                changed.append(d.model_id)
+        if changed:
+            self._save()
+            for model_id in changed:
+                self.changed.emit(model_id)
 
     def pause(self, model_id: str) -> None:
         """Stop the download cleanly, keeping what has arrived so Resume continues from there."""
         d = self.downloads.get(model_id)
-        if d is not None and d.running and d.job is not None:
+        if d is not None and d.running:
             d.stop_reason = "pause"
-            d.job.cancel()
+            if d.job is not None and d.job.running:
+                d.job.cancel()  # else its files are moving: it stops when they are in place
             self.changed.emit(model_id)
 
     def resume(self, model_id: str) -> Download | None:
@@ -193,9 +277,10 @@ class DownloadManager(QObject):
         d = self.downloads.get(model_id)
         if d is None:
             return
-        if d.running and d.job is not None:
+        if d.running:
             d.stop_reason = "cancel"
-            d.job.cancel()  # the files go once the job has let go of them (_on_finished)
+            if d.job is not None and d.job.running:
+                d.job.cancel()  # the files go once the job has let go of them (_on_finished)
             self.changed.emit(model_id)
             return
         self._discard(d)

@@ -5,7 +5,8 @@ Each top-level entry moves on its own: a rename when both folders share a filesy
 temporary name inside the destination, an os.replace to the final name, then the source is deleted. The first
 error or a cancel stops the move; the item in flight keeps its source and loses its partial copy. A name that
 already exists in the destination is never overwritten: it is skipped and reported. Our own lock and temporary
-files, and unfinished work (hidden `.partial` folders, whose jobs resume at the path they were started with) stay.
+files, and unfinished work (hidden `.partial` folders, whose jobs resume at the path they were started with) stay,
+except what the caller names: the partial files of paused downloads, which the app resumes in the new folder.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -110,20 +111,30 @@ class MovePlan:
         return sum(i.size for i in self.items)
 
 
-def plan_move(source: Path, dest: Path) -> MovePlan:
-    """List what moving `source`'s contents into `dest` involves; refuses nested folders (BadInputError)."""
+def plan_move(source: Path, dest: Path, include: Iterable[str] = ()) -> MovePlan:
+    """List what moving `source`'s contents into `dest` involves; refuses nested folders (BadInputError).
+    `include` names entries that move although they would stay behind (a paused download's partial files)."""
     source, dest = Path(source).expanduser().resolve(), Path(dest).expanduser().resolve()
     check_destination(source, dest)
+    carried = set(include)
     items: list[MoveItem] = []
     staying: list[str] = []
     if source.is_dir() and not same_folder(source, dest):
         for entry in sorted(source.iterdir(), key=lambda p: p.name.lower()):
-            if stays_behind(entry.name):
+            if stays_behind(entry.name) and entry.name not in carried:
                 staying.append(entry.name)
             else:
                 items.append(MoveItem(entry.name, _tree_size(entry)))
     src_dev = _device(source)
     return MovePlan(source, dest, items, staying, src_dev is not None and src_dev == _device(dest))
+
+
+def plan_entries(source: Path, dest: Path, names: Iterable[str]) -> MovePlan:
+    """A plan that moves only the named entries of `source` that exist (e.g. one download's partial files)."""
+    source, dest = Path(source).expanduser().resolve(), Path(dest).expanduser().resolve()
+    items = [MoveItem(n, _tree_size(source / n)) for n in names if os.path.lexists(source / n)]
+    src_dev = _device(source)
+    return MovePlan(source, dest, items, [], src_dev is not None and src_dev == _device(dest))
 
 
 def check_space(plan: MovePlan) -> None:
@@ -217,7 +228,8 @@ class _Counting:
         return n
 
 
-def _copy_file(src: Path, dst: Path, tick: Callable[[int], None]) -> None:
+def copy_file(src: Path, dst: Path, tick: Callable[[int], None]) -> None:
+    """Copy one file to a new name (never over an existing one), on disk before returning; `tick(n)` per chunk."""
     expected = src.stat().st_size
     with open(src, "rb") as fin, open(dst, "xb") as fout:
         shutil.copyfileobj(fin, _Counting(fout, tick), COPY_CHUNK)
@@ -244,7 +256,7 @@ def _copy_tree(src: Path, dst: Path, tick: Callable[[int], None]) -> None:
         elif entry.is_dir(follow_symlinks=False):
             _copy_tree(s, d, tick)
         elif entry.is_file(follow_symlinks=False):
-            _copy_file(s, d, tick)
+            copy_file(s, d, tick)
         else:
             raise OSError(errno.EINVAL, f"{s} is not a regular file or folder")
     _copy_times(src, dst)
@@ -337,7 +349,7 @@ def _move_one(src: Path, final: Path, dest: Path, tick: Callable[[int], None], r
         elif src.is_dir():
             _copy_tree(src, tmp, tick)
         else:
-            _copy_file(src, tmp, tick)
+            copy_file(src, tmp, tick)
         if os.path.lexists(final):  # appeared while copying: keep theirs
             raise OSError(errno.EEXIST, f"{final.name} appeared in the new folder while copying")
         os.replace(tmp, final)

@@ -23,6 +23,8 @@ from bitsmith.engine.jobfiles import read_json, write_json_atomic
 from .qtjob import QtJob
 
 SETTINGS_FILE = "settings.json"
+DEFAULT_BPW_KEY = "quantize/default_bpw"
+DEFAULT_BPW, MIN_DEFAULT_BPW, MAX_DEFAULT_BPW = 2.5, 2.2, 4.25  # the Settings page's range
 HARDWARE_REFRESH_MS = 60_000  # free VRAM changes as other programs run; a detection costs ~0.2 s of CPU
 RAM_REFRESH_MS = 5_000
 
@@ -61,6 +63,15 @@ class Settings(QObject):
     def all(self) -> dict[str, Any]:
         """A copy of every setting."""
         return dict(self._data)
+
+
+def default_budget(settings: Settings) -> float:
+    """The Settings page's default budget in bits per weight: 2.5 when unset or unreadable (a hand-edited file),
+    kept within the range the Settings page offers."""
+    value = settings.get(DEFAULT_BPW_KEY, DEFAULT_BPW)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        value = DEFAULT_BPW
+    return round(min(max(float(value), MIN_DEFAULT_BPW), MAX_DEFAULT_BPW), 2)
 
 
 class JobManager(QObject):
@@ -188,6 +199,7 @@ class Services:
             self.jobs.env[paths.MODELS_ENV] = chosen
         self.hardware = HardwareMonitor(self.jobs)
         self._chat_store: Any = None
+        self._downloads: Any = None
         # Set by the main window: show page `name` and return it (how "Chat with it" reaches the chat page).
         self.open_page: Callable[[str], Any] | None = None
 
@@ -215,8 +227,19 @@ class Services:
             self._chat_store = ChatStore(self.data_dir / "chats.sqlite3")
         return self._chat_store
 
+    def download_manager(self) -> Any:
+        """The app's one list of downloads (app.downloads.DownloadManager), made on first use: the Models page runs
+        the downloads, and the Settings page moves their partial files with the models folder."""
+        if self._downloads is None:
+            from .downloads import DownloadManager
+
+            self._downloads = DownloadManager(self)
+        return self._downloads
+
     def shutdown(self) -> None:
         """Stop timers and workers, close the database."""
+        if self._downloads is not None:
+            self._downloads.shutdown()  # how far each download got, for the next start
         self.hardware.stop()
         self.jobs.shutdown()
         if self._chat_store is not None:

@@ -3,7 +3,8 @@
 Pages are found by name: `app/pages/<name>.py` exposing `<Name>Page(QWidget)` whose `__init__` takes the
 Services object (e.g. pages/chat.py → ChatPage). A page is imported the first time it is shown, which keeps
 the cold start short; a page whose module does not exist yet shows a placeholder saying so. Optional page
-hooks: `on_shown()` each time it becomes visible, `shutdown()` when the window closes.
+hooks: `on_shown()` each time it becomes visible, `shutdown()` when the window closes, `focus_target()` the
+widget the keyboard goes to when the page is opened by its shortcut (Ctrl+1 … Ctrl+6).
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ class MainWindow(QMainWindow):
             action = QAction(f"Go to {label}", self)
             action.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
             action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
-            action.triggered.connect(lambda _=False, n=name: self.show_page(n))
+            action.triggered.connect(lambda _=False, n=name: self.go_to(n))
             self.addAction(action)
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
@@ -230,6 +231,15 @@ class MainWindow(QMainWindow):
             old.deleteLater()
             self.pages[name] = widget
         return self.pages[name]
+
+    def go_to(self, name: str) -> None:
+        """Show page `name` and put the keyboard on its main widget (what Ctrl+1 … Ctrl+6 do): a keyboard user lands
+        where the work is, e.g. in the chat's message box. The sidebar keeps the focus when clicked or arrowed."""
+        self.show_page(name)
+        target = getattr(self.pages[name], "focus_target", None)
+        widget = target() if callable(target) else None
+        if isinstance(widget, QWidget) and widget.isEnabled():
+            widget.setFocus(Qt.FocusReason.ShortcutFocusReason)
 
     def _open_page(self, name: str) -> QWidget:
         self.show_page(name)

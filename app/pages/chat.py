@@ -209,6 +209,7 @@ class ChatPage(QWidget):
         self.input.setPlaceholderText("Message the model…  (Enter sends, Shift+Enter adds a line)")
         self.input.setFixedHeight(80)
         self.input.setAccessibleName("Message")
+        self.input.setTabChangesFocus(True)  # Tab reaches Send and Stop; a tab character is rarely what one means
         self.input.installEventFilter(_EnterSends(self))
         inp.addWidget(self.input, 1)
         buttons = QVBoxLayout()
@@ -241,6 +242,7 @@ class ChatPage(QWidget):
         self.system_edit = QPlainTextEdit()
         self.system_edit.setPlaceholderText("e.g. You are a helpful assistant. Answer briefly.")
         self.system_edit.setFixedHeight(110)
+        self.system_edit.setTabChangesFocus(True)
         self.system_edit.textChanged.connect(lambda: self._settings_timer.start())
         sv.addWidget(self.system_edit)
         form = QFormLayout()
@@ -698,6 +700,10 @@ class ChatPage(QWidget):
             self.status_label.setText(f"Exported to {path}")
 
     # -- page hooks -------------------------------------------------------------------------------
+    def focus_target(self) -> QWidget:
+        """Where the keyboard goes when the page is opened by its shortcut: the message box."""
+        return self.input
+
     def on_shown(self) -> None:
         """Refresh the list (another window may have changed it) and focus the input."""
         if self.store is not None and not self.search.text():

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -64,6 +66,7 @@ class FinetunePage(QWidget):
         self.services = services
         self.job: QtJob | None = None
         self.result: dict[str, Any] | None = None
+        self._refreshing = False
         v = QVBoxLayout(self)
         v.setContentsMargins(18, 14, 18, 12)
         title = QLabel("Fine-tune a quantized model on your data")
@@ -113,7 +116,12 @@ class FinetunePage(QWidget):
         v.addWidget(self.preview_box)
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start fine-tuning")
+        self.start_button.setToolTip("Start fine-tuning (Ctrl+Enter)")
         self.start_button.clicked.connect(self.start)
+        for keys in ("Ctrl+Return", "Ctrl+Enter"):
+            shortcut = QShortcut(QKeySequence(keys), self)
+            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(lambda: self.start_button.isEnabled() and self.start())
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         self.cancel_button.setEnabled(False)
@@ -129,6 +137,7 @@ class FinetunePage(QWidget):
         self.loss_chart = LineChart("Loss", "step", "loss")
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
+        self.log_view.setTabChangesFocus(True)  # Tab moves on to the buttons instead of stopping in the log
         self.log_view.setMaximumBlockCount(3000)
         self.log_view.setPlaceholderText("The job's log appears here.")
         lower.addWidget(self.loss_chart, 1)
@@ -139,6 +148,14 @@ class FinetunePage(QWidget):
 
     def refresh_models(self) -> None:
         """The quantized models of the library (fine-tuning works on Bitsmith folders)."""
+        self._refreshing = True
+        try:
+            self._fill_models()
+        finally:
+            self._refreshing = False
+        self.update_estimate()
+
+    def _fill_models(self) -> None:
         current = self.model_combo.currentData()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
@@ -151,7 +168,18 @@ class FinetunePage(QWidget):
         index = self.model_combo.findData(current)
         self.model_combo.setCurrentIndex(max(index, 0))
         self.model_combo.blockSignals(False)
-        self.update_estimate()
+
+    def model_gone(self) -> bool:
+        """Whether the chosen model's folder has disappeared (deleted or moved outside Bitsmith); if so, say so in
+        plain words and re-read the library, so the list only offers models that exist."""
+        data = self.model_combo.currentData()
+        if not data or Path(data[0]).is_dir() or self._refreshing:
+            return False
+        self.refresh_models()
+        self.status.setText(f"The model {Path(data[0]).name} is no longer in the models folder: it was moved or "
+                            f"deleted outside Bitsmith ({data[0]}). The list has been refreshed; choose another "
+                            "model.")
+        return True
 
     def use_model(self, path: str) -> None:
         """Select a library model by folder (what the Quantize results' "Fine-tune it" calls)."""
@@ -172,7 +200,7 @@ class FinetunePage(QWidget):
     def update_preview(self) -> None:
         """Preview the dataset field's file or Hub dataset, formatted with the chosen model's chat template."""
         data = self.data_edit.text().strip()
-        if data:
+        if data and not self.model_gone():
             model = self.model_combo.currentData()
             self.preview_box.request(data, model[0] if model else None)
 
@@ -181,6 +209,8 @@ class FinetunePage(QWidget):
 
     def update_estimate(self) -> None:
         """Recompute the planner's memory estimate for the chosen model and sequence length."""
+        if self.model_gone():
+            return  # refreshed: the estimate is for the model chosen now
         data = self.model_combo.currentData()
         if not data:
             self.estimate_label.setText("Choose a model first.")
@@ -206,7 +236,7 @@ class FinetunePage(QWidget):
 
     def start(self) -> None:
         """Start (or resume) the finetune job."""
-        if self.job is not None and self.job.running or not self.model_combo.currentData():
+        if self.job is not None and self.job.running or self.model_gone() or not self.model_combo.currentData():
             return
         if not self.data_edit.text().strip():
             self.status.setText("Choose a dataset file first.")
@@ -261,6 +291,10 @@ class FinetunePage(QWidget):
             err = self.job.errors[-1] if self.job and self.job.errors else {}
             self.status.setText(f"Stopped with an error: {err.get('message', 'the worker ended unexpectedly')}. "
                                 f"{err.get('hint', '')}")
+
+    def focus_target(self) -> QWidget:
+        """Where the keyboard goes when the page is opened by its shortcut: the model to tune."""
+        return self.model_combo
 
     def on_shown(self) -> None:
         """Pick up models quantized since the page was built."""

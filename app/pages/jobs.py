@@ -116,6 +116,7 @@ class JobsPage(QWidget):
         d.addWidget(self.detail_label)
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
+        self.log_view.setTabChangesFocus(True)  # Tab moves on to the buttons instead of stopping in the log
         self.log_view.setFont(QFont("monospace"))
         self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         d.addWidget(self.log_view, 1)
@@ -263,6 +264,10 @@ class JobsPage(QWidget):
         row = self.selected()
         if row is not None:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(row["folder"])))
+
+    def focus_target(self) -> QWidget:
+        """Where the keyboard goes when the page is opened by its shortcut: the list of jobs."""
+        return self.table
 
     def on_shown(self) -> None:
         """Refresh when the page becomes visible."""

@@ -22,11 +22,13 @@ STATUS_TEXT = {"downloading": "Downloading", "paused": "Paused", "interrupted": 
 
 
 def status_text(d: Download) -> str:
-    """'Downloading', 'Pausing…', 'Paused', 'Interrupted', 'Failed'…"""
+    """'Downloading', 'Pausing…', 'Paused', 'Interrupted', 'Failed', 'Moving to the new folder…'…"""
     if d.running and d.stop_reason == "pause":
         return "Pausing…"
     if d.running and d.stop_reason == "cancel":
         return "Cancelling…"
+    if d.relocating:
+        return "Moving to the new folder…"
     return STATUS_TEXT.get(d.status, d.status)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QUrl
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtGui import QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
 from ..background import error_text, run_in_background
 from ..charts import LayoutChart, LineChart
 from ..qtjob import QtJob
+from ..services import DEFAULT_BPW_KEY, default_budget
 from . import quantize_budget as qb
 
 STEPS = ("Model", "Hardware", "Budget", "Run", "Results")
@@ -131,6 +132,7 @@ class QuantizePage(QWidget):
         self.services = services
         self.info: Any = None
         self.source: str | None = None
+        self.source_local = False  # the source is a folder or file on this computer (it can vanish)
         self.job: QtJob | None = None
         self.export_job: QtJob | None = None
         self.params: dict[str, Any] | None = None
@@ -142,6 +144,7 @@ class QuantizePage(QWidget):
         self.stage_rows: dict[str, StageRow] = {}
         self._out_edited = False
         self._loading = False
+        self._bpw_chosen = False  # False: the budget follows the Settings page's default
         self.plan_gpu_gb: float | None = self._saved_gb(PLAN_GPU_KEY)
         self.plan_ram_gb: float | None = self._saved_gb(PLAN_RAM_KEY)
         self._syncing = False
@@ -173,10 +176,17 @@ class QuantizePage(QWidget):
 
         nav = QHBoxLayout()
         self.back_button = QPushButton("Back")
+        self.back_button.setToolTip("Back (Alt+Left)")
         self.back_button.clicked.connect(self.back)
         self.next_button = QPushButton("Next")
+        self.next_button.setToolTip("Next step (Ctrl+Enter)")
         self.next_button.setDefault(True)
         self.next_button.clicked.connect(self.next)
+        for keys, button in (("Ctrl+Return", self.next_button), ("Ctrl+Enter", self.next_button),
+                             ("Alt+Left", self.back_button)):
+            shortcut = QShortcut(QKeySequence(keys), self)
+            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(lambda b=button: b.isVisible() and b.isEnabled() and b.click())
         nav.addWidget(self.back_button)
         nav.addStretch(1)
         nav.addWidget(self.next_button)
@@ -287,8 +297,8 @@ class QuantizePage(QWidget):
         self.bpw_spin.setSingleStep(0.05)
         self.bpw_spin.setSuffix(" bpw")
         self.bpw_spin.setRange(2.2, qb.MAX_BPW)
-        self.slider.valueChanged.connect(lambda v_: self._set_bpw(v_ / 100))
-        self.bpw_spin.valueChanged.connect(self._set_bpw)
+        self.slider.valueChanged.connect(lambda v_: self.choose_bpw(v_ / 100))
+        self.bpw_spin.valueChanged.connect(self.choose_bpw)
         self.min_label = _muted("")
         row.addWidget(self.min_label)
         row.addWidget(self.slider, 1)
@@ -300,7 +310,7 @@ class QuantizePage(QWidget):
         self.preset_buttons: dict[float, QPushButton] = {}
         for b in qb.PRESET_BUDGETS:
             button = QPushButton(f"{b:.1f} bpw")
-            button.clicked.connect(lambda _=False, b=b: self._set_bpw(b))
+            button.clicked.connect(lambda _=False, b=b: self.choose_bpw(b))
             self.preset_buttons[b] = button
             presets.addWidget(button)
         presets.addStretch(1)
@@ -341,8 +351,8 @@ class QuantizePage(QWidget):
         self.budget_curve = LineChart("", "bits per weight", "")
         v.addWidget(self.budget_curve, 1)
         v.addStretch(0)
-        default = float(self.services.settings.get("quantize/default_bpw", 2.5) or 2.5)
-        self._set_bpw(default)
+        self._set_bpw(default_budget(self.services.settings))
+        self.services.settings.changed.connect(self._on_setting)
         return page
 
     def _build_run_step(self) -> QWidget:
@@ -363,6 +373,7 @@ class QuantizePage(QWidget):
         v.addWidget(scroll)
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
+        self.log_view.setTabChangesFocus(True)  # Tab moves on to the buttons instead of stopping in the log
         self.log_view.setMaximumBlockCount(5000)
         self.log_view.setPlaceholderText("The job's log appears here.")
         v.addWidget(self.log_view, 1)
@@ -466,10 +477,24 @@ class QuantizePage(QWidget):
         index = self.step()
         if index == 0:
             self._load_model()
+        elif self.source_gone():
+            return
         elif index == 1:
             self.go(2)
         elif index == 2:
             self.start()
+
+    def source_gone(self) -> bool:
+        """Whether the chosen local model has disappeared since it was read (deleted or moved outside Bitsmith);
+        if so, go back to the first step and say so in plain words instead of planning for a model that is gone."""
+        if not self.source_local or self.source is None or Path(self.source).exists():
+            return False
+        gone = self.source
+        self.info, self.source, self.source_local, self.params = None, None, False, None
+        self.go(0)
+        self.model_status.setText(f"The model {gone} is no longer there: it was moved or deleted outside Bitsmith "
+                                  "after you chose it. Choose it again where it is now, or pick another model.")
+        return True
 
     def chosen_source(self) -> str | None:
         """The model the first step names, or None (with a message) when it names none."""
@@ -504,6 +529,7 @@ class QuantizePage(QWidget):
             if source != self.source:
                 self._out_edited = False
             self.info, self.source = info, source
+            self.source_local = source != "bundled" and Path(source).exists()
             self.model_status.setText(f"{info.model_id or qb.model_slug(source)}: "
                                       f"{info.total_params / 1e6:,.0f} M parameters, {len(info.linears)} linear "
                                       f"layers in {info.num_layers} blocks")
@@ -638,7 +664,8 @@ class QuantizePage(QWidget):
         for b, button in self.preset_buttons.items():
             button.setEnabled(b >= low)
             button.setToolTip("" if b >= low else f"below the smallest layout of this model ({low:.2f} bpw)")
-        self._set_bpw(max(self.bpw(), low))
+        # The user's budget where they chose one, else the Settings page's default; clamped to this model's range.
+        self._set_bpw(self.bpw() if self._bpw_chosen else default_budget(self.services.settings))
         self._load_cached_curve()
 
     def _preset_changed(self) -> None:
@@ -649,6 +676,16 @@ class QuantizePage(QWidget):
         """The chosen budget."""
         return round(self.bpw_spin.value(), 2)
 
+    def choose_bpw(self, value: float) -> None:
+        """The user sets the budget (slider, box or preset): it stays, whatever the default says."""
+        self._bpw_chosen = True
+        self._set_bpw(value)
+
+    def _on_setting(self, key: str) -> None:
+        if key == DEFAULT_BPW_KEY:  # a new default on the Settings page: the wizard starts from it again
+            self._bpw_chosen = False
+            self._set_bpw(default_budget(self.services.settings))
+
     def _set_bpw(self, value: float) -> None:
         value = round(min(max(float(value), self.bpw_spin.minimum()), qb.MAX_BPW), 2)
         for w, v in ((self.slider, int(round(value * 100))), (self.bpw_spin, value)):
@@ -658,6 +695,8 @@ class QuantizePage(QWidget):
         self._update_budget()
 
     def _update_budget(self) -> None:
+        if self.source_gone():
+            return
         if self.info is None or self.source is None:
             self.size_label.setText("–")
             self.vram_label.setText("Choose a model first")
@@ -724,6 +763,8 @@ class QuantizePage(QWidget):
     def start(self) -> None:
         """Start (or resume: same output) the quantize job and show the run step."""
         if self.job is not None and self.job.running:
+            return
+        if self.source_gone():
             return
         if self.source is None:
             self.go(0)
@@ -835,6 +876,8 @@ class QuantizePage(QWidget):
         """Fill the results step from the job's numbers and the saved folder, and show it."""
         out = self.output_path()
         assert out is not None and self.result is not None
+        for b in (self.chat_button, self.finetune_button, self.export_button, self.open_button):
+            b.setEnabled(True)
         from bitsmith.engine.model_summary import summarize
 
         try:
@@ -867,10 +910,22 @@ class QuantizePage(QWidget):
         self.export_status.setText("")
         self.go(4)
 
+    def output_gone(self) -> bool:
+        """Whether the finished model's folder has disappeared (deleted or moved outside Bitsmith); if so, say so and
+        turn off the buttons that need it."""
+        out = self.output_path()
+        if out is None or out.exists():
+            return False
+        self.results_note.setText(f"The quantized model {out} is no longer there: it was moved or deleted outside "
+                                  "Bitsmith. Quantize again to make it anew (Quantize another).")
+        for b in (self.chat_button, self.finetune_button, self.export_button, self.open_button):
+            b.setEnabled(False)
+        return True
+
     def chat_with_it(self) -> None:
         """Open the chat page on the new model."""
         out = self.output_path()
-        if out is None or self.services.open_page is None:
+        if out is None or self.services.open_page is None or self.output_gone():
             return
         chat = self.services.open_page("chat")
         use = getattr(chat, "use_model", None)
@@ -880,7 +935,7 @@ class QuantizePage(QWidget):
     def finetune_it(self) -> None:
         """Open the fine-tune page with the new model selected."""
         out = self.output_path()
-        if out is None or self.services.open_page is None:
+        if out is None or self.services.open_page is None or self.output_gone():
             return
         use = getattr(self.services.open_page("finetune"), "use_model", None)
         if callable(use):
@@ -894,7 +949,7 @@ class QuantizePage(QWidget):
     def export_gguf(self) -> None:
         """Run the export job (exact mode) and show its progress."""
         target = self.gguf_path()
-        if target is None or (self.export_job is not None and self.export_job.running):
+        if target is None or (self.export_job is not None and self.export_job.running) or self.output_gone():
             return
         self.export_bar.setVisible(True)
         self.export_bar.setRange(0, 0)
@@ -926,10 +981,23 @@ class QuantizePage(QWidget):
     def open_folder(self) -> None:
         """Show the model folder in the file manager."""
         out = self.output_path()
-        if out is not None:
+        if out is not None and not self.output_gone():
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(out)))
 
+    def focus_target(self) -> QWidget:
+        """Where the keyboard goes when the page is opened by its shortcut: the step's main control."""
+        step = self.step()
+        if step == 0:
+            return self.model_group.checkedButton() or self.bundled_radio
+        if step == 3:
+            return self.cancel_button if self.cancel_button.isVisible() else self.resume_button
+        if step == 4:
+            return self.chat_button
+        return self.next_button
+
     def on_shown(self) -> None:
-        """Refresh what depends on the hardware."""
-        if self.step() in (1, 2):
+        """Refresh what depends on the hardware, and notice a model deleted while the page was away."""
+        if self.step() in (1, 2) and not self.source_gone():
             self.go(self.step())
+        elif self.step() == 4:
+            self.output_gone()

@@ -3,7 +3,8 @@ token. Every change is saved at once in services.settings (the other pages read 
 to the OS keyring when the `keyring` package and a backend exist, and is never written to settings or logs.
 
 Choosing a new models folder offers to move the models there (app.move_models, on a pool thread with progress and
-cancel); the setting follows only when everything moved, so no model ever drops out of sight halfway."""
+cancel); the setting follows only when everything moved, so no model ever drops out of sight halfway. Paused
+downloads move along and resume in the new folder."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from bitsmith.engine.errors import BitsmithError
 
 from .. import move_models as mm
 from ..background import error_text, run_in_background
+from ..services import DEFAULT_BPW_KEY, default_budget
 from ..theme import THEMES, apply_theme
 from .model_format import human_bytes
 
@@ -167,8 +169,8 @@ class SettingsPage(QWidget):
         self.budget_spin.setDecimals(2)
         self.budget_spin.setSingleStep(0.05)
         self.budget_spin.setSuffix(" bits per weight")
-        self.budget_spin.setValue(float(s.get("quantize/default_bpw", 2.5) or 2.5))
-        self.budget_spin.valueChanged.connect(lambda v_: s.set("quantize/default_bpw", round(v_, 2)))
+        self.budget_spin.setValue(default_budget(s))
+        self.budget_spin.valueChanged.connect(lambda v_: s.set(DEFAULT_BPW_KEY, round(v_, 2)))
         f.addRow("Default budget", self.budget_spin)
         self.theme_combo = QComboBox()
         for t in THEMES:
@@ -250,6 +252,10 @@ class SettingsPage(QWidget):
         self._show_token_state()
         self._apply_models_env()
 
+    def focus_target(self) -> QWidget:
+        """Where the keyboard goes when the page is opened by its shortcut: the models folder."""
+        return self.models_edit
+
     # -- models folder ----------------------------------------------------------------------------
     def _browse_models(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Choose the models folder", str(self.services.models_dir()))
@@ -302,8 +308,9 @@ class SettingsPage(QWidget):
 
     def _offer_move(self, old: Path, target: Path, value: str | None) -> bool:
         """Switch to `target`, moving the models if the user wants; False when nothing changed."""
+        downloads = self.services.download_manager()
         try:
-            plan = mm.plan_move(old, target)
+            plan = mm.plan_move(old, target, include=downloads.carried_entries(old))
         except OSError as exc:
             self._refuse("Cannot read the models folder", f"Bitsmith could not list {old}: {exc}. Nothing changed.")
             return False
@@ -348,6 +355,10 @@ class SettingsPage(QWidget):
                                                                  "copied to the other disk; this can take a while."),
                  f"Keep them there: new models go to the new folder; the old ones stay in {plan.source} and "
                  "no longer show in the library.", "Cancel: nothing changes."]
+        carried = self.services.download_manager().carried_entries(plan.source)
+        if carried:
+            lines += ["", f"{len(carried)} paused download(s) move too, and continue in the new folder when you "
+                          "resume them."]
         unfinished = [n for n in plan.staying if n.endswith(".partial")]
         if unfinished:
             lines += ["", f"{len(unfinished)} unfinished download(s) or quantization(s) stay in the old folder, so "
@@ -425,6 +436,7 @@ class SettingsPage(QWidget):
     def _move_finished(self, report: mm.MoveReport, value: str | None) -> None:
         self._end_move()
         self.last_move = report
+        self.services.download_manager().follow_move(report)  # paused downloads whose files moved go on there
         if report.complete:
             self._use_folder(value, f"{MODELS_NOTE} {report.summary()}")
             return

@@ -418,3 +418,93 @@ def test_a_download_list_that_cannot_be_saved_is_said_on_the_page(qtbot, monkeyp
     page.downloads._save()
     assert page.banner.isVisible() and "Your downloads continue" in page.banner.text()
     assert "No space left on device" in page.banner.text() and page.downloads.write_error
+
+
+# -- a paused download and the models folder moved (Settings page) --------------------------------------------
+
+def _paused_half_way(qtbot, home: Path, dl_hub, chat_files):  # noqa: ANN001, ANN202
+    """The chat model's download paused with part of its weights on disk; (page, entry, bytes kept)."""
+    page, small = _chat_details_with_a_cut_download(qtbot, dl_hub, chat_files)
+    qtbot.mouseClick(page.details.download_button, Qt.MouseButton.LeftButton)
+    entry = page.downloads.get(CHAT)
+    qtbot.waitUntil(lambda: entry.done_bytes >= small + CUT, timeout=60_000)
+    qtbot.mouseClick(page.details.pause_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: entry.status == "paused" and not entry.running, timeout=30_000)
+    kept = _weights_bytes_on_disk(page)
+    assert kept >= CUT and entry.dest == str(home / "models" / "acme--tiny-chat")
+    return page, entry, kept
+
+
+def _settings_page(qtbot, page: ModelsPage, monkeypatch, answer: str):  # noqa: ANN001, ANN202
+    import bitsmith.app.pages.settings as settings_module
+
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(settings_module, "ask_choice", lambda _p, _t, text, details, *_a: asked.append(
+        (text, details)) or answer)
+    settings = settings_module.SettingsPage(page.services)  # the same services: the same download list
+    qtbot.addWidget(settings)
+    return settings, asked
+
+
+def _finish_in(qtbot, page: ModelsPage, dl_hub, chat_files, new: Path, kept: int) -> Path:  # noqa: ANN001
+    """Resume from the Downloads list and check it continued from `kept` bytes into the new folder."""
+    dl_hub.clear_knobs()
+    gets_before = len(dl_hub.requests("GET", "model.safetensors"))
+    qtbot.mouseClick(page.downloads_panel.resume_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.downloads.get(CHAT) is None, timeout=60_000)
+    assert dl_hub.requests("GET", "model.safetensors")[gets_before]["range"] == f"bytes={kept}-"
+    job = [j for j in page.services.jobs.jobs if j.kind == "download"][-1]
+    dest = new.resolve() / "acme--tiny-chat"
+    assert job.params["dest"] == str(dest)
+    for name, data in chat_files.items():
+        assert name == "pytorch_model.bin" or (dest / name).read_bytes() == data
+    assert [m["path"] for m in page.library if m["name"] == CHAT] == [dest]
+    assert not (dest.parent / ".acme--tiny-chat.partial").exists()
+    return dest
+
+
+@pytest.mark.slow
+def test_a_paused_download_moves_with_the_models_folder_and_resumes_there(qtbot, home: Path, tmp_path: Path,  # noqa: ANN001
+                                                                          dl_hub, chat_files, monkeypatch) -> None:
+    page, entry, kept = _paused_half_way(qtbot, home, dl_hub, chat_files)
+    old = home / "models"
+    settings, asked = _settings_page(qtbot, page, monkeypatch, "Move")
+    new = tmp_path / "disk2" / "models"
+    settings.set_models_dir(str(new))
+    qtbot.waitUntil(lambda: not settings.moving, timeout=10_000)
+    assert "1 paused download(s) move too" in asked[0][1]
+    assert page.services.models_dir() == new.resolve()
+    assert (new / ".acme--tiny-chat.partial").is_dir() and not (old / ".acme--tiny-chat.partial").exists()
+    assert entry.dest == str(new.resolve() / "acme--tiny-chat")
+    assert json.loads((home / DOWNLOADS_FILE).read_text())["downloads"][0]["dest"] == entry.dest  # across restarts
+    assert _weights_bytes_on_disk(page) == kept
+    dest = _finish_in(qtbot, page, dl_hub, chat_files, new, kept)
+    assert not (old / "acme--tiny-chat").exists() and sorted(p.name for p in old.iterdir()) in ([], [
+        ".acme--tiny-chat.lock"])
+    assert dest.is_dir()
+
+
+@pytest.mark.slow
+def test_a_paused_download_left_in_the_old_folder_moves_over_when_resumed(qtbot, home: Path, tmp_path: Path,  # noqa: ANN001
+                                                                          dl_hub, chat_files, monkeypatch) -> None:
+    import errno
+
+    import bitsmith.app.move_models as mm
+    from bitsmith.app.pages.model_downloads import status_text
+
+    page, entry, kept = _paused_half_way(qtbot, home, dl_hub, chat_files)
+    old = home / "models"
+    settings, _asked = _settings_page(qtbot, page, monkeypatch, "Keep them there")
+    new = tmp_path / "usb" / "models"
+    settings.set_models_dir(str(new))
+    assert page.services.models_dir() == new.resolve() and (old / ".acme--tiny-chat.partial").is_dir()
+
+    def cross_device(src, dst):  # noqa: ANN001, ANN202
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(mm.os, "rename", cross_device)  # another disk: the partial files are copied over
+    seen: list[str] = []
+    page.downloads.changed.connect(lambda _id: seen.append(status_text(entry)))
+    _finish_in(qtbot, page, dl_hub, chat_files, new, kept)
+    assert "Moving to the new folder…" in seen and seen.index("Moving to the new folder…") < seen.index("Downloading")
+    assert not (old / ".acme--tiny-chat.partial").exists() and not (old / "acme--tiny-chat").exists()

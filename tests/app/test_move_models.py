@@ -74,7 +74,7 @@ def test_on_one_filesystem_each_item_is_renamed(tmp_path: Path, monkeypatch: pyt
     real_rename = os.rename
     monkeypatch.setattr(mm.os, "rename", lambda s, d: (renames.append(Path(d).name), real_rename(s, d)))
     copies = []
-    monkeypatch.setattr(mm, "_copy_file", lambda *a: copies.append(a))
+    monkeypatch.setattr(mm, "copy_file", lambda *a: copies.append(a))
     seen: list[mm.MoveProgress] = []
     plan = mm.plan_move(old, tmp_path / "new")
     report = mm.move_models(plan, lambda p: seen.append(mm.MoveProgress(**vars(p))))

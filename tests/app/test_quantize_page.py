@@ -74,6 +74,44 @@ def test_budget_step_shows_the_planners_size_and_chat_memory(qtbot, page, home: 
     assert page.vram_label.text().startswith("Chat runs on the CPU")
 
 
+def test_the_budget_starts_at_the_settings_default_clamped_to_the_models_range(qtbot, open_window, home: Path,  # noqa: ANN001
+                                                                               gpu_profile) -> None:
+    from bitsmith.app.chat.models import bundled_path
+    from bitsmith.app.services import DEFAULT_BPW_KEY, Settings
+
+    if bundled_path() is None:
+        pytest.skip("the bundled SmolLM2 GGUF is not installed")
+    Settings().set(DEFAULT_BPW_KEY, 3.0)  # chosen on the Settings page in an earlier session
+    window = open_window("quantize")
+    page = window.pages["quantize"]
+    _to_budget(qtbot, page, gpu_profile())
+    assert page.slider.value() == 300 and page.bpw() == 3.0 and page.out_edit.text().endswith("-3.00bpw")
+
+    # A new default on the Settings page moves the wizard, clamped to what this model can do: the default preset's
+    # smallest layout of SmolLM2 is 2.21 bpw, the demo preset's 2.29.
+    settings_page = window.page("settings")
+    settings_page.budget_spin.setValue(2.2)
+    assert page.services.settings.get(DEFAULT_BPW_KEY) == 2.2
+    assert page.slider.value() == 221 and page.bpw() == 2.21
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("demo"))
+    assert page.bpw() == 2.29
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("default"))
+    assert page.bpw() == 2.21  # still the default, as far down as this preset allows
+
+    # The user's own choice stays through a preset change; a newer default replaces it.
+    page.slider.setValue(350)
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("demo"))
+    assert page.bpw() == 3.5
+    settings_page.budget_spin.setValue(4.0)
+    assert page.slider.value() == 400 and page.bpw() == 4.0
+    # A hand-edited settings file: kept within the slider's range, or the usual 2.5 when unreadable.
+    page.services.settings.set(DEFAULT_BPW_KEY, 9.0)
+    assert page.bpw() == 4.25 and page.slider.value() == 425
+    page.services.settings.set(DEFAULT_BPW_KEY, "lots")
+    assert page.bpw() == 2.5
+    window.close()
+
+
 def test_a_bad_local_path_is_refused_with_a_message(qtbot, page, home: Path) -> None:
     page.local_radio.setChecked(True)
     qtbot.keyClicks(page.local_edit, str(home / "nowhere"))
