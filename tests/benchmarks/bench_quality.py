@@ -165,6 +165,29 @@ def quantize_autoround(
 
 
 # -- Bitsmith through its command line ------------------------------------------------------------
+def reuse_saved(out: Path, bpw: float, preset: str, formats: tuple[str, ...], seed: int) -> dict | None:
+    """The job fields of a finished folder at `out` made by the same recipe (--reuse), or None.
+
+    For a benchmark process that stopped after its quantize job had saved: the folder is evaluated instead of
+    quantized again. Wall time is the job's own (bitsmith.json); the benchmark's CPU time was not recorded.
+    """
+    from bitsmith.engine.quant.store import FORMAT_VERSION, is_quantized_folder
+
+    if not is_quantized_folder(out):
+        return None
+    meta = json.loads((out / "bitsmith.json").read_text())
+    recipe, metrics = meta.get("recipe", {}), meta.get("metrics", {})
+    same = (recipe.get("budget_bpw") == bpw and recipe.get("preset", {}).get("name") == preset
+            and recipe.get("seed") == seed and meta.get("format_version") == FORMAT_VERSION
+            and (not formats or tuple(recipe.get("preset", {}).get("formats", ())) == formats))
+    if not same:
+        return None
+    return {"command": f"(reused {out.name}: quantized by an earlier run of this benchmark)", "returncode": 0,
+            "job_seconds": metrics.get("seconds"), "job_cpu_s": None, "stages": [], "reused": True,
+            "quantize_seconds": None, "job_ppl": metrics.get("heldout_ppl"),
+            "job_ppl_fp": metrics.get("heldout_ppl_fp")}
+
+
 def run_bitsmith(source: str, bpw: float, preset: str, out: Path, home: Path, threads: int, seed: int,
                  formats: tuple[str, ...] = ()) -> dict:
     """Run `bitsmith quantize` in a subprocess with cold caches; its result event, stage times and CPU time."""
@@ -306,8 +329,10 @@ def measure_one(args: argparse.Namespace, method: str, budget: float | None, ctx
             rec["ran_at_bpw"] = target
             out = Path(args.work) / f"bitsmith-{args.preset}-{budget:g}-{'-'.join(formats)}"
             out.parent.mkdir(parents=True, exist_ok=True)
-            rec.update(run_bitsmith(args.source, target, args.preset, out, Path(args.home), args.threads, args.seed,
-                                    tuple(args.formats.split(",")) if args.formats else ()))
+            wanted = tuple(args.formats.split(",")) if args.formats else ()
+            reused = reuse_saved(out, target, args.preset, formats, args.seed) if args.reuse else None
+            rec.update(reused or run_bitsmith(args.source, target, args.preset, out, Path(args.home), args.threads,
+                                              args.seed, wanted))
             if "error" in rec:
                 return {**rec, "status": "error"}
             from bitsmith.engine.quant.store import load_quantized, model_bpw
@@ -376,6 +401,8 @@ def _num(x: float) -> str:
 def _times(rec: dict) -> str:
     """Wall and CPU seconds: the whole job for Bitsmith (its measure + search + calibrate in brackets)."""
     if rec["method"] == "bitsmith":
+        if rec.get("reused"):
+            return f"{rec['job_seconds']:.0f} (job's own) | –"
         return f"{rec['job_seconds']:.0f} ({rec['quantize_seconds']:.0f}) | {rec['job_cpu_s']:.0f}"
     return f"{rec['seconds']:.0f} | {rec['cpu_s']:.0f}" if "seconds" in rec else " | "
 
@@ -495,6 +522,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads here and in the quantize job (0: default)")
     p.add_argument("--out", default="", help="append JSON-line records here; runs already in it are skipped")
     p.add_argument("--fresh", action="store_true", help="run everything even if --out already has it")
+    p.add_argument("--reuse", action="store_true",
+                   help="evaluate a Bitsmith folder already in --work from the same recipe instead of quantizing again")
     p.add_argument("--doc", default="", help="rewrite the generated part of this Markdown report from --out")
     p.add_argument("--render-only", action="store_true", help="only rewrite --doc from --out")
     p.add_argument("--home", default="", help="BITSMITH_HOME for the quantize jobs (default: $BITSMITH_HOME or a temp)")

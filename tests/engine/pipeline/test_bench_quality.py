@@ -160,3 +160,11 @@ def test_smoke_run_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert last["formats"] == ["int4_g128_dq8", "int2_g64_dq8"] and "_dq8" in last["format"] and last["bpw"] <= 3.0
     assert "| 3.0 | int4_g128_dq8, int2_g64_dq8 |" in doc.read_text()
     assert (hashlib.sha256(DOC.read_bytes()).hexdigest() if DOC.exists() else None) == before
+    # --reuse: a folder left by a stopped run is evaluated, not quantized again
+    keep = cmd[:-2] + ["--methods", "bitsmith", "--budgets", "3.0", "--fresh", "--reuse", "--work", str(tmp_path / "w")]
+    first = subprocess.run(keep, capture_output=True, text=True, timeout=900)
+    second = subprocess.run(keep, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0 and second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    made, reused = (json.loads(line) for line in out.read_text().splitlines()[-2:])
+    assert not made.get("reused") and made["job_cpu_s"] > 0
+    assert reused["reused"] and reused["ppl"] == made["ppl"] and reused["job_seconds"] > 0
