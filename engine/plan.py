@@ -38,7 +38,7 @@ QSFT_UPDATE_TEMP_BYTES = 6 * 4 * (1 << 24)  # the code update works in 16M-eleme
 # grows with the INT4 share of the layout, so a margin proportional to that share covers it (4.0 bpw: 12.8 GiB)
 # until the missing term is found, and a plan never promises a fit that then runs out of memory.
 QSFT_INT4_MARGIN = 0.15
-N_FORMATS = 4          # candidate formats scored per linear by the measure stage
+N_FORMATS = 3          # candidate formats scored per linear by the measure stage (the default preset's)
 
 # Host memory of a CPU process once torch 2.13 (CPU) and transformers 5.23 are imported, and what its
 # first model build and forward add beyond weights, KV cache and activations. Measured 2026-11-22 on the
@@ -175,8 +175,8 @@ def plan_model(info: ModelInfo, bpw: float, hw: HardwareProfile, *, seq_len: int
     settings = dict(seq_len=seq_len, batch=batch, context=context, calib_samples=calib_samples)
     builders = {
         "download": lambda kind: _download(info, source_on_disk),
-        "measure": lambda kind: _measure(info, kind, seq_len, calib_samples),
-        "calibrate": lambda kind: _calibrate(info, bpw, kind, seq_len, calib_samples),
+        "measure": lambda kind: _measure(info, kind, seq_len, calib_samples, hw.ram_available_bytes),
+        "calibrate": lambda kind: _calibrate(info, bpw, kind, seq_len, calib_samples, hw.ram_available_bytes),
         "qsft": lambda kind: _qsft(info, bpw, kind, seq_len, batch),
         "chat": lambda kind: _chat(info, bpw, kind, context, batch),
     }
@@ -252,10 +252,46 @@ def _block_other_bytes(info: ModelInfo) -> int:
     return max(0, info.other_params - embeddings) // max(info.num_layers, 1) * 2
 
 
-def _pipeline_host(info: ModelInfo) -> dict[str, int]:
-    """RAM the quantize pipeline holds throughout: today the whole model in fp32 (engine/pipeline/quantize.py
-    loads it so; a block-by-block loader would cut this to the embeddings and two blocks in 16 bits)."""
-    return {"model_fp32": info.total_params * 4}
+AUTO_STREAM_RAM_SHARE = 0.9
+"""The quantize pipeline streams blocks when loading the model whole would take more than this share of RAM."""
+
+
+STREAM_ACTIVATION_SHARE = 0.25
+"""Streamed, the stages keep at most this share of the available RAM in activations (more windows: more passes)."""
+
+
+def stream_activation_budget(ram_available: int) -> int:
+    """Bytes the streamed stages may keep in activations at once: a share of the available RAM, at least 256 MiB."""
+    return max(256 * 2**20, int(STREAM_ACTIVATION_SHARE * ram_available))
+
+
+def loads_whole(float32_bytes: int, formats: int, ram_available: int) -> bool:
+    """Whether the quantize pipeline loads the model whole, else it streams it block by block
+    (engine/model_stream.py): whole, it holds about (2 + formats) x the float32 weights (the model, the
+    measure stage's per-format weight errors, their products; measured on SmolLM2 in docs/benchmarks/plan.md)."""
+    return (2 + formats) * float32_bytes <= AUTO_STREAM_RAM_SHARE * ram_available
+
+
+def _pipeline_host(info: ModelInfo, streamed: bool, bpw: float | None = None) -> dict[str, int]:
+    """RAM the quantize pipeline holds: the whole model in fp32, or, streamed, what lies outside the blocks
+    (embeddings, head) in fp32, two blocks at a time and (calibrating at `bpw`) the quantized model being built."""
+    if not streamed:
+        return {"model_fp32": info.total_params * 4}
+    outside = max(0, info.total_params - info.num_layers * _block_params(info))
+    held = {"outside_blocks_fp32": outside * 4, "two_blocks_fp32": 2 * _block_params(info) * 4}
+    if bpw is not None:
+        held["quantized_model"] = quantized_bytes(info, bpw)
+    return held
+
+
+def _block_params(info: ModelInfo) -> int:
+    """Parameters of one decoder block (its linears and the rest: norms, biases)."""
+    return info.block_linear_params + _block_other_bytes(info) // 2
+
+
+def _streams(info: ModelInfo, ram_available: int) -> bool:
+    """Whether the quantize pipeline would stream this model on a machine with this much free RAM."""
+    return not loads_whole(info.total_params * 4, N_FORMATS, ram_available)
 
 
 def _runtime(kind: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -274,9 +310,16 @@ def _download(info: ModelInfo, source_on_disk: bool) -> _Need:
     return need
 
 
-def _measure(info: ModelInfo, kind: str, seq_len: int, calib_samples: int) -> _Need:
+def _measure(info: ModelInfo, kind: str, seq_len: int, calib_samples: int, ram_available: int) -> _Need:
     h, inter, q, _, _ = _dims(info)
     acc, host = _runtime(kind)
+    streamed = _streams(info, ram_available)
+    if streamed:  # errors one linear at a time; every block's input kept for the backward pass down the blocks
+        inputs = info.num_layers * calib_samples * seq_len * h * 4  # beyond the budget: more passes, not more RAM
+        held = {"block_inputs": min(inputs, stream_activation_budget(ram_available)),
+                "weight_errors": N_FORMATS * info.largest_linear * 4}
+    else:  # every linear's weight error per format, for the one Fisher pass
+        held = {"weight_errors": N_FORMATS * info.linear_params * 4}
     block16 = info.block_linear_params * 2 + _block_other_bytes(info)
     need = _Need(
         must={**acc, "block_weights": block16,
@@ -284,15 +327,17 @@ def _measure(info: ModelInfo, kind: str, seq_len: int, calib_samples: int) -> _N
               "error_eval": 2 * 4 * info.largest_linear,  # fp32 weight and its error for one format
               "activations": CALIB_MINIBATCH * seq_len * _infer_token_bytes(info)},
         prefer={"calibration_stream": 2 * calib_samples * seq_len * h * ACT_BYTES},
-        host={**host, **_pipeline_host(info), "weight_grads": info.linear_params * 4},
+        host={**host, **_pipeline_host(info, streamed), **held},
         disk=max(len(info.linears), 7 * info.num_layers) * N_FORMATS * 8,
     )
-    need.notes.append("the full-precision model is held in RAM in fp32 (block-by-block loading is not built "
-                      "yet); the sensitivity pass keeps fp32 gradients of the linears")
+    need.notes.append("streamed block by block: two blocks of full-precision weights in RAM at a time" if streamed
+                      else "the full-precision model is held in RAM in fp32 with each linear's weight error per "
+                           "candidate format (a model that does not fit so is streamed block by block)")
     return need
 
 
-def _calibrate(info: ModelInfo, bpw: float, kind: str, seq_len: int, calib_samples: int) -> _Need:
+def _calibrate(info: ModelInfo, bpw: float, kind: str, seq_len: int, calib_samples: int,
+               ram_available: int) -> _Need:
     h = info.hidden_size
     acc, host = _runtime(kind)
     blk = info.block_linear_params
@@ -301,7 +346,7 @@ def _calibrate(info: ModelInfo, bpw: float, kind: str, seq_len: int, calib_sampl
               "rounding_state": blk * (4 + 4 + 2),  # fp32 offsets + their gradients + dequantized weights
               "activations": CALIB_MINIBATCH * seq_len * _train_token_bytes(info)},
         prefer={"calibration_stream": 3 * calib_samples * seq_len * h * ACT_BYTES},
-        host={**host, **_pipeline_host(info)},
+        host={**host, **_pipeline_host(info, _streams(info, ram_available), bpw)},
         disk=quantized_bytes(info, bpw),
     )
     need.notes.append(f"{calib_samples} samples × {seq_len} tokens; fp inputs, quantized-stream inputs and "

@@ -240,3 +240,18 @@ def test_qsft_estimate_covers_the_measured_h100_peak(bpw: float, measured_gib: f
     need = planner._qsft(info, bpw, "cuda", 2048, 1).must
     estimate = (sum(need.values()) - need["cuda_context"]) / GIB
     assert measured_gib <= estimate <= 1.12 * measured_gib
+
+
+def test_quantize_stages_stream_a_model_that_does_not_fit_in_ram(llama8b: ModelInfo) -> None:
+    # 8B in fp32 is ~30 GiB; whole, the pipeline holds (2 + formats) x that, so 64 GiB of RAM streams it
+    roomy = plan_model(llama8b, 3.0, _hw(24, ram_gb=512))
+    small = plan_model(llama8b, 3.0, _hw(24, ram_gb=32))
+    for stage in ("measure", "calibrate"):
+        whole, streamed = roomy.stages[stage].breakdown, small.stages[stage].breakdown
+        assert whole["model_fp32"] == pytest.approx(llama8b.total_params * 4 / GIB, abs=0.01)
+        assert "model_fp32" not in streamed and streamed["two_blocks_fp32"] < 2 * whole["model_fp32"] / 32 + 0.01
+        assert small.stages[stage].cpu_gb < roomy.stages[stage].cpu_gb / 2
+    assert any("streamed block by block" in n for n in small.stages["measure"].notes)
+    # the measure stage holds each linear's weight error per candidate format when the model is loaded whole
+    assert roomy.stages["measure"].breakdown["weight_errors"] == pytest.approx(
+        3 * llama8b.linear_params * 4 / GIB, abs=0.01)
