@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bitsmith.engine.errors import BadInputError
-from bitsmith.engine.quant.bpw import layer_bits
-from bitsmith.engine.quant.spec import parse_spec
+from bitsmith.engine.quant.mix import ChannelMix, format_label, format_layer_bits, parse_format
 
 META_FILE = "bitsmith.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -32,8 +31,12 @@ def _layer_shapes(folder: Path, meta: dict) -> dict[str, tuple[int, int]]:
     tensors = _safetensors_shapes(folder / WEIGHTS_FILE)
     shapes = {}
     for name, fmt in meta["layout"].items():
+        f = parse_format(fmt)
+        if isinstance(f, ChannelMix):
+            shapes[name] = (tensors[f"{name}.parts.0.qweight"][1], f.in_features)
+            continue
         rows, n = tensors[f"{name}.qweight"]
-        shapes[name] = (n, rows * (32 // parse_spec(fmt).bits))  # K rounded up to whole words
+        shapes[name] = (n, rows * (32 // f.bits))  # K rounded up to whole words
     return shapes
 
 
@@ -51,13 +54,18 @@ def summarize(folder: Path) -> dict[str, Any]:
     layers, counts = [], {}
     for name, fmt in meta.get("layout", {}).items():
         n, k = shapes[name]
-        layers.append({"name": name, "format": fmt, "shape": [n, k],
-                       "bpw": layer_bits(n, k, parse_spec(fmt)).bpw})
-        counts[fmt] = counts.get(fmt, 0) + 1
+        row = {"name": name, "format": fmt, "shape": [n, k], "bpw": format_layer_bits(fmt, n, k).bpw}
+        f = parse_format(fmt)
+        if isinstance(f, ChannelMix):  # channel-mix: which share of the inputs each format holds
+            row["parts"] = [{"format": s.name, "inputs": w, "share": w / k} for s, w in zip(f.specs, f.widths)]
+        layers.append(row)
+        label = format_label(fmt) + (" (channel-mix)" if isinstance(f, ChannelMix) else "")
+        counts[label] = counts.get(label, 0) + 1
     bpw = meta.get("bpw", {})
     recipe = meta.get("recipe", {})
     return {
         "path": str(path), "format_version": meta.get("format_version"),
+        "layout_mode": meta.get("layout_mode", "layer-mix"),
         "source": (meta.get("source") or {}).get("model"),
         "bpw_quantized": bpw.get("quantized_linears"), "bpw_all": bpw.get("all_weights"),
         "budget_bpw": recipe.get("budget_bpw"), "preset": (recipe.get("preset") or {}).get("name"),

@@ -18,6 +18,7 @@ are quantized at the end with HQQ.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,8 +31,9 @@ from torch import nn
 
 from bitsmith.engine.errors import BadInputError
 from bitsmith.engine.model import Block, find_blocks
-from bitsmith.engine.quant.linear import QuantLinear
-from bitsmith.engine.quant.spec import QuantSpec, parse_spec
+from bitsmith.engine.quant.mix import ChannelMix, format_key, parse_format
+from bitsmith.engine.quant.mixed_linear import QUANT_MODULES, load_quant_module, quantize_module
+from bitsmith.engine.quant.spec import QuantSpec
 
 from . import checkpoint as ckpt
 from .capture import capture_block_inputs, map_tensors, windows_tensor
@@ -80,11 +82,13 @@ class CalibrationSummary:
 
 
 # -- layout -----------------------------------------------------------------------------------------
-def resolve_layout(model: nn.Module, layout: Mapping[str, str | QuantSpec]) -> dict[str, tuple[nn.Linear, QuantSpec]]:
-    """{qualified name: (the nn.Linear, its QuantSpec)}; BadInputError for unknown names or bad formats."""
+def resolve_layout(
+    model: nn.Module, layout: Mapping[str, str | QuantSpec | ChannelMix]
+) -> dict[str, tuple[nn.Linear, QuantSpec | ChannelMix]]:
+    """{qualified name: (the nn.Linear, its format)}; BadInputError for unknown names or bad formats."""
     modules = dict(model.named_modules())
-    out: dict[str, tuple[nn.Linear, QuantSpec]] = {}
-    already = [n for n in layout if isinstance(modules.get(n), QuantLinear)]
+    out: dict[str, tuple[nn.Linear, QuantSpec | ChannelMix]] = {}
+    already = [n for n in layout if isinstance(modules.get(n), QUANT_MODULES)]
     if already:
         raise BadInputError(
             f"{len(already)} layer(s) of the layout are already quantized in this model: {', '.join(already[:3])}",
@@ -100,7 +104,7 @@ def resolve_layout(model: nn.Module, layout: Mapping[str, str | QuantSpec]) -> d
         )
     for name, fmt in layout.items():
         try:
-            spec = parse_spec(fmt)
+            spec = parse_format(fmt)  # a QuantSpec, or a ChannelMix (its parts then are tuned, see signround.py)
             spec.require_packable()
         except ValueError as exc:
             raise BadInputError(f"layer {name}: {exc}", hint="choose a format such as int4_g128 or int2_g64") from None
@@ -127,8 +131,7 @@ def quantize_model_rtn(
     resolved = resolve_layout(model, layout)
     done: dict[str, str] = {}
     for i, (name, (linear, spec)) in enumerate(resolved.items()):
-        how = method if spec.asymmetric else "rtn"
-        _replace(model, name, QuantLinear.from_linear(linear, spec, how, name))
+        _replace(model, name, quantize_module(linear, spec, method, name))  # symmetric parts: RTN
         done[name] = spec.name
         if on_progress:
             on_progress("quantize", i + 1, len(resolved))
@@ -169,7 +172,7 @@ def _fingerprint(model: nn.Module, blocks: list[Block], ids: torch.Tensor, layou
             "blocks": [b.name for b in blocks],
             "weight": hashlib.sha256(first.to("cpu", torch.float32).numpy().tobytes()).hexdigest(),
             "windows": hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
-            "layout": {n: s.name for n, (_, s) in sorted(layout.items())},
+            "layout": {n: format_key(s) for n, (_, s) in sorted(layout.items())},
             "config": settings,
         }
     )
@@ -186,6 +189,7 @@ def calibrate_model(
     *,
     device: str | None = None,
     on_block: Callable[[BlockReport], None] | None = None,
+    materialise: Callable[[int], contextlib.AbstractContextManager] | None = None,
 ) -> CalibrationSummary:
     """Quantize the linears in `layout` ({qualified name: format}) block by block with SignRound calibration.
 
@@ -193,8 +197,10 @@ def calibrate_model(
     layout stay as they are. `on_progress(stage, done, total)` reports "capture" (windows) and
     "calibrate" (blocks); `on_block` receives each block's report; `check_cancel()` is called between
     blocks and every few iterations and may raise (e.g. CancelledError) — finished blocks are kept in
-    `checkpoint_dir`, and calling again with it resumes.
+    `checkpoint_dir`, and calling again with it resumes. `materialise(i)`, for a model whose blocks' weights
+    are on meta (engine/model_stream.py), gives block i real weights for the time of its `with`.
     """
+    block_weights = materialise or (lambda i: contextlib.nullcontext())
     started = time.monotonic()
     config = config or CalibConfig()
     dev = _pick_device(device, config)
@@ -212,7 +218,8 @@ def calibrate_model(
                 inside.add(q)
         per_block.append(specs)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    fp = _fingerprint(model, blocks, ids, resolved, config)
+    with block_weights(0):
+        fp = _fingerprint(model, blocks, ids, resolved, config)
     progress = ckpt.read_progress(folder, fp) if folder else {"fingerprint": fp, "blocks_done": 0, "reports": []}
     progress["version"] = ckpt.VERSION
     done = int(progress["blocks_done"])
@@ -231,27 +238,28 @@ def calibrate_model(
         if check_cancel is not None:
             check_cancel()
         t0 = time.monotonic()
-        home = next(b.module.parameters()).device
-        b.module.to(dev)
-        call = (
-            b.module,
-            map_tensors(captured.block_args[b.index], lambda x: x.to(dev)),
-            map_tensors(captured.block_kwargs[b.index], lambda x: x.to(dev)),
-            b.name,
-        )
-        if b.index < done:  # resume: recompute both streams through the finished block
-            streams.advance("fp", *call)
-            if specs:
-                _load_block(b, specs, folder, dev)
-            streams.advance("q", *call)
-            report = BlockReport(**{**progress["reports"][b.index], "resumed": True})
-        elif not specs:
-            streams.advance("fp", *call)
-            streams.advance("q", *call)
-            report = BlockReport(b.index, b.name, {})
-        else:
-            report = _calibrate_block(b, specs, streams, call, config, check_cancel)
-        b.module.to(home)
+        with block_weights(b.index):
+            home = next(b.module.parameters()).device
+            b.module.to(dev)
+            call = (
+                b.module,
+                map_tensors(captured.block_args[b.index], lambda x: x.to(dev)),
+                map_tensors(captured.block_kwargs[b.index], lambda x: x.to(dev)),
+                b.name,
+            )
+            if b.index < done:  # resume: recompute both streams through the finished block
+                streams.advance("fp", *call)
+                if specs:
+                    _load_block(b, specs, folder, dev)
+                streams.advance("q", *call)
+                report = BlockReport(**{**progress["reports"][b.index], "resumed": True})
+            elif not specs:
+                streams.advance("fp", *call)
+                streams.advance("q", *call)
+                report = BlockReport(b.index, b.name, {})
+            else:
+                report = _calibrate_block(b, specs, streams, call, config, check_cancel)
+            b.module.to(home)
         if b.index >= done:
             report.seconds = time.monotonic() - t0
             if folder is not None:
@@ -299,7 +307,7 @@ def _load_block(b: Block, specs: dict[str, QuantSpec], folder: Path | None, dev:
     for n, spec in specs.items():
         lin = b.module.get_submodule(n)
         try:
-            q = QuantLinear.from_state_dict(tensors, spec, lin.in_features, prefix=f"{n}.")
+            q = load_quant_module(tensors, spec, lin.in_features, prefix=f"{n}.")
         except ValueError as exc:
             raise BadInputError(f"calibration checkpoint of {b.name} is damaged: {exc}", hint="delete it") from exc
         _replace(b.module, n, q.to(dev))

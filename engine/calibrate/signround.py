@@ -16,6 +16,10 @@ Each iteration draws a random mini-batch of samples; the parameters with the low
 seen (measured before the step, as AutoRound does) are kept. At the end the codes are re-rounded
 against the stored statistics and each linear becomes a `QuantLinear`; if the tuned block is worse
 on all samples than the untuned start (plain min-max rounding), the start is kept instead.
+
+A channel-mix linear (engine/quant/mix.py) is tuned as its parts: one `LinearTuner` per part over the
+weight columns perm[slice_i] (`MixTuner`), whose fake-quantized columns are put back in the original input
+order for the block's forward; it becomes a `ChannelMixLinear` of the tuned parts.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from bitsmith.engine.errors import BitsmithError
+from bitsmith.engine.errors import BadInputError, BitsmithError
 from bitsmith.engine.quant import stats as st
 from bitsmith.engine.quant.groups import SCALE_FLOOR, from_grouped_stats, group_view, to_grouped_stats
-from bitsmith.engine.quant.linear import QuantLinear
+from bitsmith.engine.quant.mix import ChannelMix
+from bitsmith.engine.quant.mixed_linear import MixedWeight, build_module, mixed_weight_from_parts
 from bitsmith.engine.quant.quantize import QuantizedWeight, check_weight
 from bitsmith.engine.quant.spec import QuantSpec
 from bitsmith.kernels.pack import pack_codes
@@ -123,9 +128,16 @@ class LinearTuner:
         cls, name: str, linear: nn.Linear, spec: QuantSpec, config: CalibConfig, device: torch.device | str
     ) -> LinearTuner:
         """Start from min-max rounding: V = 0, α = 1."""
-        check_weight(linear.weight, name)
+        return cls.from_weight(name, linear.weight, spec, config, device)
+
+    @classmethod
+    def from_weight(
+        cls, name: str, weight: torch.Tensor, spec: QuantSpec, config: CalibConfig, device: torch.device | str
+    ) -> LinearTuner:
+        """`create` for a bare weight [N, K] (a channel-mix part's columns)."""
+        check_weight(weight, name)
         spec.require_packable()
-        w = group_view(linear.weight.detach().to(device, torch.float32), spec.group_size)
+        w = group_view(weight.detach().to(device, torch.float32), spec.group_size)
         if spec.asymmetric:
             lo, hi = w.amin(dim=-1, keepdim=True), w.amax(dim=-1, keepdim=True)
             if spec.integer_zeros:
@@ -133,7 +145,7 @@ class LinearTuner:
         else:
             hi = w.abs().amax(dim=-1, keepdim=True)
             lo = -hi
-        t = cls(name, spec, w, linear.in_features, lo, hi)
+        t = cls(name, spec, w, weight.shape[1], lo, hi)
         vdtype = torch.bfloat16 if config.param_dtype == "bf16" else torch.float32
         if config.tune_rounding:
             t.v = torch.zeros_like(w, dtype=vdtype).requires_grad_(True)
@@ -237,6 +249,73 @@ class LinearTuner:
             self.d_z = torch.zeros_like(self.base_z).requires_grad_(True)
 
 
+@dataclass
+class MixTuner:
+    """A channel-mix linear's tunable state: one LinearTuner per part (columns perm[slice_i]), same interface."""
+
+    mix: ChannelMix
+    parts: list[LinearTuner]
+    inverse: torch.Tensor  # inverse[j] = position of original input j in the permuted order
+
+    @classmethod
+    def create(
+        cls, name: str, linear: nn.Linear, mix: ChannelMix, config: CalibConfig, device: torch.device | str
+    ) -> MixTuner:
+        """Start every part from min-max rounding, like `LinearTuner.create`."""
+        k = linear.in_features
+        if mix.in_features != k:
+            raise BadInputError(f"{name}: the mix {mix.name} covers {mix.in_features} inputs, the layer has {k}")
+        perm = torch.arange(k) if mix.perm is None else torch.tensor(mix.perm, dtype=torch.int64)
+        w = linear.weight.detach()
+        cols = [w.index_select(1, perm[a:b].to(w.device)) for a, b in mix.slices]
+        parts = [
+            LinearTuner.from_weight(f"{name}.parts.{i}", c, spec, config, device)
+            for i, (c, spec) in enumerate(zip(cols, mix.specs))
+        ]
+        return cls(mix, parts, torch.argsort(perm).to(device))
+
+    def params(self) -> list[torch.Tensor]:
+        """The tensors being tuned in the current stage, over all parts."""
+        return [p for t in self.parts for p in t.params()]
+
+    def clamp_(self, clip_min: float) -> None:
+        """Clamp every part's parameters."""
+        for t in self.parts:
+            t.clamp_(clip_min)
+
+    def snapshot(self) -> list[list[torch.Tensor]]:
+        """Copies of every part's parameters."""
+        return [t.snapshot() for t in self.parts]
+
+    def restore(self, saved: list[list[torch.Tensor]]) -> None:
+        """Put saved parameters back."""
+        for t, s in zip(self.parts, saved):
+            t.restore(s)
+
+    def fake_weight(self) -> torch.Tensor:
+        """Ŵ [N, K] in the original input order (differentiable through every part)."""
+        return torch.cat([t.fake_weight() for t in self.parts], dim=1).index_select(1, self.inverse)
+
+    @torch.no_grad()
+    def quantized(self) -> MixedWeight:
+        """The stored form: every part's codes and statistics, and the permutation."""
+        return mixed_weight_from_parts(self.mix, [t.quantized() for t in self.parts])
+
+    def start_stats_stage(self) -> None:
+        """Freeze every part's codes; scales (and zeros) become the parameters."""
+        for t in self.parts:
+            t.start_stats_stage()
+
+
+def make_tuner(
+    name: str, linear: nn.Linear, fmt: QuantSpec | ChannelMix, config: CalibConfig, device: torch.device | str
+) -> LinearTuner | MixTuner:
+    """The tuner of one linear: a LinearTuner for a single format, a MixTuner for a channel-mix."""
+    if isinstance(fmt, ChannelMix):
+        return MixTuner.create(name, linear, fmt, config, device)
+    return LinearTuner.create(name, linear, fmt, config, device)
+
+
 # -- one block --------------------------------------------------------------------------------------
 @dataclass
 class BlockResult:
@@ -244,7 +323,7 @@ class BlockResult:
 
     index: int
     name: str
-    linears: dict[str, QuantLinear]
+    linears: dict[str, nn.Module]  # QuantLinear, or ChannelMixLinear for a channel-mix
     loss_before: float
     loss_after: float
     best_loss: float = math.inf
@@ -279,7 +358,7 @@ class _Optimizer:
             p.grad = None
 
 
-def _block_fn(block: nn.Module, tuners: dict[str, LinearTuner], args: tuple, kwargs: dict, device):
+def _block_fn(block: nn.Module, tuners: dict[str, LinearTuner | MixTuner], args: tuple, kwargs: dict, device):
     """x -> block(x) with each tuned linear's weight replaced by its fake-quantized Ŵ."""
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -297,7 +376,7 @@ def _replace(block: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _run_stage(
-    tuners: dict[str, LinearTuner],
+    tuners: dict[str, LinearTuner | MixTuner],
     fn: Callable[[torch.Tensor], torch.Tensor],
     inputs: torch.Tensor,
     targets: torch.Tensor,
@@ -369,7 +448,7 @@ def _run_stage(
 
 def tune_block(
     block: nn.Module,
-    specs: dict[str, QuantSpec],
+    specs: dict[str, QuantSpec | ChannelMix],
     inputs: torch.Tensor,
     targets: torch.Tensor,
     args: tuple,
@@ -396,7 +475,7 @@ def tune_block(
     check_finite(inputs, f"{name}: the quantized-stream input")
     check_finite(targets, f"{name}: the full-precision target")
     linears = {n: block.get_submodule(n) for n in specs}
-    tuners = {n: LinearTuner.create(f"{name}.{n}", linears[n], specs[n], config, device) for n in specs}
+    tuners = {n: make_tuner(f"{name}.{n}", linears[n], specs[n], config, device) for n in specs}
     frozen = [p for p in block.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -457,7 +536,7 @@ def tune_block(
 def _install(
     block: nn.Module,
     linears: dict[str, nn.Linear],
-    quantized: dict[str, QuantizedWeight],
+    quantized: dict[str, QuantizedWeight | MixedWeight],
     batch: int,
     inputs: torch.Tensor,
     targets: torch.Tensor,
@@ -466,9 +545,9 @@ def _install(
     device: torch.device | str,
     cap: float | None,
     name: str,
-) -> tuple[float, torch.Tensor, dict[str, QuantLinear], int]:
+) -> tuple[float, torch.Tensor, dict[str, nn.Module], int]:
     """Put QuantLinears in the block and run it on all inputs: (loss, outputs, the QuantLinears, batch)."""
-    qlinears = {n: QuantLinear.from_quantized(qw, linears[n].bias) for n, qw in quantized.items()}
+    qlinears = {n: build_module(qw, linears[n].bias) for n, qw in quantized.items()}
     for n, q in qlinears.items():
         _replace(block, n, q)
     try:

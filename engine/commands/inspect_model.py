@@ -34,10 +34,14 @@ def _run(args: argparse.Namespace) -> int:
           f"{summary['bpw_all']:.3f} over all weights" if summary["bpw_quantized"] else "  bpw:      ?")
     print(f"  budget:   {summary['budget_bpw'] if summary['budget_bpw'] is not None else '–'} bpw, "
           f"preset {summary['preset'] or '–'}")
-    print("  layout:   " + ", ".join(f"{n} × {f}" for f, n in summary["format_counts"].items()))
+    print(f"  layout:   {summary['layout_mode']}: "
+          + ", ".join(f"{n} × {f}" for f, n in summary["format_counts"].items()))
     for name, value in summary["metrics"].items():
         print(f"  {name}: {value}")
     if args.layers:
         for row in summary["layers"]:
-            print(f"    {row['name']:<48} {row['format']:<18} {row['bpw']:.3f} bpw  {row['shape']}")
+            fmt = row["format"]
+            if row.get("parts"):  # channel-mix: each format with its share of the inputs
+                fmt = " + ".join(f"{p['format']} ×{p['share']:.0%}" for p in row["parts"])
+            print(f"    {row['name']:<48} {fmt:<18} {row['bpw']:.3f} bpw  {row['shape']}")
     return 0

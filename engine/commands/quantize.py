@@ -22,7 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--formats", default=None, help="comma-separated candidate formats for the layout search "
                    "(default: the preset's), e.g. int4_g128_dq8,int3_g128_dq8,int2_g64_dq8")
+    p.add_argument("--mode", default="layer-mix", choices=("layer-mix", "channel-mix"),
+                   help="layer-mix: one format per layer; channel-mix: a layer may also split its input channels "
+                   "between two formats (a stored permutation; finer use of the budget)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read the decoder blocks from the safetensors files one at a time instead of loading the "
+                   "whole model (default: only when the model loaded whole would not fit in RAM)")
     p.add_argument("--json", action="store_true", help="print the job's events as JSON lines")
     p.set_defaults(func=_run)
 
@@ -33,6 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     params = {
         "source": args.source, "bpw": args.bpw, "out": args.out, "calib": args.calib,
         "eval_text": args.eval_text, "preset": args.preset, "seed": args.seed,
-        "trust_remote_code": args.trust_remote_code, "formats": args.formats,
+        "trust_remote_code": args.trust_remote_code, "formats": args.formats, "stream": args.stream,
+        "mode": args.mode,
     }
     return run_job_cli("quantize", params, json_mode=args.json)

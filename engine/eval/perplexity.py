@@ -53,25 +53,36 @@ def perplexity(
     if ids.numel() < 2:
         raise BadInputError(f"only {ids.numel()} tokens to score", "give a longer evaluation text")
     device = next(model.parameters()).device
-    starts = list(range(0, max(ids.numel() - 1, 1), stride))
-    total_nll, total_tokens, scored_until = 0.0, 0, 0
-    for i, begin in enumerate(starts):
-        end = min(begin + window, ids.numel())
+    plan = window_plan(ids.numel(), window, stride)
+    total_nll, total_tokens = 0.0, 0
+    for i, (begin, end, first_new) in enumerate(plan):
         chunk = ids[begin:end].to(device).unsqueeze(0)
         logits = model(chunk).logits[0, :-1].float()
-        targets = chunk[0, 1:]
-        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-        first_new = max(scored_until - begin - 1, 0)  # skip targets an earlier window already scored
-        nll = nll[first_new:]
-        if not torch.isfinite(nll).all():
-            raise ValueError(f"non-finite loss in window {i} (tokens {begin}..{end}): the model outputs NaN/Inf")
-        total_nll += float(nll.sum())
-        total_tokens += nll.numel()
-        scored_until = end
+        s, n = window_nll(logits, chunk[0, 1:], first_new, f"window {i} (tokens {begin}..{end})")
+        total_nll += s
+        total_tokens += n
         if on_window:
-            on_window(i + 1, len(starts))
-        if end == ids.numel():
-            starts = starts[: i + 1]
-            break
+            on_window(i + 1, len(plan))
     mean = total_nll / total_tokens
-    return PerplexityResult(math.exp(mean), mean, total_tokens, len(starts), window, stride)
+    return PerplexityResult(math.exp(mean), mean, total_tokens, len(plan), window, stride)
+
+
+def window_plan(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first new target) of every window over `n_tokens` tokens: targets before `first new` were
+    scored by an earlier window; the last window is the first that reaches the end."""
+    plan, scored_until = [], 0
+    for begin in range(0, max(n_tokens - 1, 1), stride):
+        end = min(begin + window, n_tokens)
+        plan.append((begin, end, max(scored_until - begin - 1, 0)))
+        scored_until = end
+        if end == n_tokens:
+            break
+    return plan
+
+
+def window_nll(logits: torch.Tensor, targets: torch.Tensor, first_new: int, what: str) -> tuple[float, int]:
+    """(summed NLL, count) of the targets from `first_new` on, given float logits [T-1, V] and targets [T-1]."""
+    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")[first_new:]
+    if not torch.isfinite(nll).all():
+        raise ValueError(f"non-finite loss in {what}: the model outputs NaN/Inf")
+    return float(nll.sum()), nll.numel()

@@ -9,6 +9,11 @@ Modes:
   (2.625 bits per weight instead of Q4_1's 5), and INT8 layers become Q8_0. The report lists the layers
   that could not be re-fitted and stayed exact.
 
+A channel-mix layer (several formats in one linear, engine/quant/mixed_linear.py) has no GGML counterpart,
+since a GGUF tensor has one type: exact mode writes its dequantized weight as F16 (exact, larger), compact mode
+re-quantizes that weight to the format of its highest-bit part with HQQ and encodes it as above (lossy); both
+are listed in the report's fallbacks.
+
 Embeddings and kept 16-bit linears are F16 (what the Bitsmith folder stores), norms and biases F32. The
 file is written under a temporary name and renamed into place. Each encoded layer is checked on a few
 rows by decoding the GGML blocks with the gguf package and comparing with Bitsmith's own dequantization.
@@ -148,14 +153,39 @@ def _encode_quant(mod: Any, mode: str, perm: np.ndarray | None, name: str, fallb
     return _Encoded(ref.astype(np.float16), None, "F16")
 
 
+def _encode_mixed(mod: Any, mode: str, perm: np.ndarray | None, name: str, fallbacks: list[str],
+                  checker: _Checker) -> _Encoded:
+    """A ChannelMixLinear: F16 of its dequantized weight (exact mode), or that weight re-quantized to its highest-bit
+    part's format and encoded like any quantized linear (compact mode, lossy)."""
+    from bitsmith.engine.quant.linear import QuantLinear
+    from bitsmith.engine.quant.quantize import quantize_weight
+
+    w = mod.dequantize(torch.float32).cpu()
+    if mode == "compact":
+        spec = max(mod.mix.specs, key=lambda s: (s.bits, -s.group_size))
+        requant = QuantLinear.from_quantized(quantize_weight(w, spec, "hqq" if spec.asymmetric else "rtn", name))
+        fallbacks.append(f"{name}: channel-mix {mod.mix.name} re-quantized to {spec.name} (lossy: a GGUF tensor "
+                         "has one type)")
+        log.warning("%s: channel-mix layer re-quantized to %s for GGUF (lossy)", name, spec.name)
+        return _encode_quant(requant, mode, perm, name, fallbacks, checker)
+    fallbacks.append(f"{name}: channel-mix {mod.mix.name} written as F16 of its dequantized weight (a GGUF tensor "
+                     "has one type; exact)")
+    ref = w.numpy()
+    return _Encoded((ref[perm] if perm is not None else ref).astype(np.float16), None, "F16")
+
+
 def _tensor_plan(model: nn.Module, fam: Family) -> list[tuple[str, str, Any]]:
     """(hf_name, what, object) in file order: what is "linear", "bias" or "param"."""
-    from bitsmith.engine.quant.linear import QuantLinear
+    from bitsmith.engine.quant.mixed_linear import ChannelMixLinear, quant_modules
 
-    linear_types = (nn.Linear, QuantLinear)
+    quant = quant_modules(model)
+    inside = tuple(n + "." for n, m in quant.items() if isinstance(m, ChannelMixLinear))  # its parts
     owned: set[int] = set()
     plan: list[tuple[str, str, Any]] = []
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, linear_types)}
+    linears = {
+        n: m for n, m in model.named_modules()
+        if (n in quant or isinstance(m, nn.Linear)) and not n.startswith(inside)
+    }
     embed = model.get_input_embeddings().weight
     for m in linears.values():
         for p in m.parameters(recurse=False):
@@ -257,6 +287,7 @@ def _write(model: nn.Module, tok: Any, meta: dict, config: Any, fam: Family, nam
     import gguf
 
     from bitsmith.engine.quant.linear import QuantLinear
+    from bitsmith.engine.quant.mixed_linear import ChannelMixLinear
 
     writer.add_name(str((meta.get("source") or {}).get("model") or getattr(config, "_name_or_path", "") or "model"))
     writer.add_string("general.quantized_by", "Bitsmith")
@@ -299,6 +330,8 @@ def _write(model: nn.Module, tok: Any, meta: dict, config: Any, fam: Family, nam
         if what == "linear":
             if isinstance(obj, QuantLinear):
                 enc = _encode_quant(obj, mode, perm, hf_name, fallbacks, checker)
+            elif isinstance(obj, ChannelMixLinear):
+                enc = _encode_mixed(obj, mode, perm, hf_name, fallbacks, checker)
             else:
                 w = obj.weight.detach().float().cpu().numpy()
                 enc = _Encoded((w[perm] if perm is not None else w).astype(np.float16), None, "F16")

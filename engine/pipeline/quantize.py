@@ -25,10 +25,14 @@ from bitsmith.engine.jobs import JobContext, job
 from bitsmith.engine.model import _cache_root, load_model
 from bitsmith.engine.pipeline.loading import source_identity
 from bitsmith.engine.pipeline.presets import Preset, get_preset
+from bitsmith.engine.quant.mix import MODES, format_label
 from bitsmith.engine.quant.store import model_bpw, round_kept_, save_quantized
 from bitsmith.engine.search.calibration_gain import gain_for, history_path, record_run
+from bitsmith.engine.search.channel_mix import channel_mix_choices, mixed_layers, plan_layout, search_channel_mix
 from bitsmith.engine.search.layout import feasible_range, quality_curve, search_layout
 from bitsmith.engine.search.measure import Measurement, cache_key, load_cached, measure_model, save_cached
+from bitsmith.engine.search.measure_stream import measure_streamed
+from bitsmith.engine.stream_forward import streamed_perplexity
 
 
 def _param(params: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
@@ -92,6 +96,9 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     calib_source = _param(params, "calib", str, "stdlib")
     eval_source = _param(params, "eval_text", str, "stdlib:heldout")
     seed = _param(params, "seed", int, 0)
+    mode = _param(params, "mode", str, MODES[0])
+    if mode not in MODES:
+        raise BadInputError(f"unknown layout mode {mode!r}", f"choose one of: {', '.join(MODES)}")
     if not 2.0 <= bpw <= 16.0:
         raise BadInputError(f"a budget of {bpw} bpw is outside [2, 16]", "choose a budget such as 2.5, 3.0 or 4.0")
     if out.exists() and not (out / "bitsmith.json").is_file() and any(out.iterdir()):
@@ -103,8 +110,13 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     cache = _cache_root()
 
     ctx.stage("load", total=1)
-    model, tok = load_model(source, dtype=torch.float32, trust_remote_code=bool(params.get("trust_remote_code")))
-    round_kept_(model)  # the reference is the model as it will be stored: 16-bit
+    remote = bool(params.get("trust_remote_code"))
+    streamed = _open_streamed(ctx, source, params.get("stream"), remote, len(preset.formats))
+    if streamed is not None:  # blocks stay in the files until a stage needs one (engine/model_stream.py)
+        model, tok = streamed.model, streamed.tokenizer
+    else:
+        model, tok = load_model(source, dtype=torch.float32, trust_remote_code=remote)
+        round_kept_(model)  # the reference is the model as it will be stored: 16-bit
     ctx.progress(1)
     ctx.log(f"loaded {source}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
 
@@ -114,7 +126,7 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
 
     ctx.stage("evaluate-fp", total=1)
     fp_key = cache_key(model_id, ["fp"], f"ppl-{preset.eval_window}", [held.tolist()])
-    fp = _cached_json(cache / "eval" / f"{fp_key}.json", lambda: perplexity(model, held, preset.eval_window).to_dict())
+    fp = _cached_json(cache / "eval" / f"{fp_key}.json", lambda: _fp_perplexity(ctx, model, streamed, held, preset))
     ctx.progress(1)
     ctx.metric("ppl", fp["ppl"], split="heldout", model="full-precision", tokens=fp["tokens"])
 
@@ -122,9 +134,12 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     mkey = cache_key(model_id, preset.formats, preset.measure_method, windows)
     mpath = cache / "measure" / f"{mkey}.json"
     measurement = load_cached(mpath)
+    if measurement is not None and mode == "channel-mix" and not measurement.unit:
+        measurement = None  # cached without per-channel errors (an older cache): measure again, with them
     if measurement is None:
-        measurement = measure_model(
-            model, windows, preset.formats, preset.measure_method,
+        measure, target = (measure_model, model) if streamed is None else (measure_streamed, streamed)
+        measurement = measure(
+            target, windows, preset.formats, preset.measure_method,
             on_progress=lambda stage, done, total: ctx.progress(done, total, stage=f"measure-{stage}"),
             check_cancel=ctx.check_cancel,
         )
@@ -135,13 +150,14 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
 
     ctx.stage("search", total=1)
     runs_path = history_path(mpath)
-    layout = _search(ctx, measurement, bpw, fp["nll"], gain_for(runs_path, preset.name))
+    layout = _search(ctx, measurement, bpw, fp["nll"], gain_for(runs_path, preset.name), mode)
     ctx.progress(1)
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "layout.json").write_text(json.dumps(layout.formats, indent=1))
+    plan = plan_layout(measurement, layout.formats) if mode == "channel-mix" else layout.formats
 
     ctx.stage("calibrate", total=None)
-    summary = _calibrate(ctx, model, tok, calib_ids, layout.formats, preset, partial, seed)
+    summary = _calibrate(ctx, model, tok, calib_ids, plan, preset, partial, seed, streamed)
 
     ctx.stage("evaluate", total=1)
     q = perplexity(model, held, preset.eval_window).to_dict()
@@ -159,7 +175,7 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
         "seconds": round(time.perf_counter() - started, 1),
     }
     recipe = {
-        "budget_bpw": bpw, "preset": preset.to_dict(), "calib_text": calib_source, "seed": seed,
+        "budget_bpw": bpw, "preset": preset.to_dict(), "calib_text": calib_source, "seed": seed, "mode": mode,
         "measure_signal": measurement.signal, "calibration": summary,
     }
     save_quantized(model, tok, out, source={"model": source, "identity": model_id}, recipe=recipe, metrics=metrics)
@@ -175,10 +191,13 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     return out
 
 
-def _search(ctx: JobContext, measurement: Measurement, bpw: float, fp_nll: float, gain: Any = None):
+def _search(ctx: JobContext, measurement: Measurement, bpw: float, fp_nll: float, gain: Any = None,
+            mode: str = "layer-mix"):
     """The layout for the budget, with the predicted quality curve reported for plotting: round-to-nearest's
-    predicted error, scaled by what calibration achieved in earlier runs of this measurement when there are any."""
-    choices = measurement.choices()
+    predicted error, scaled by what calibration achieved in earlier runs of this measurement when there are any.
+    In channel-mix mode each layer may also split its input channels between two formats
+    (engine/search/channel_mix.py)."""
+    choices = measurement.choices() if mode == "layer-mix" else _mix_choices(ctx, measurement)
     low, high = feasible_range(choices)
     if bpw < low:
         raise BadInputError(
@@ -189,7 +208,8 @@ def _search(ctx: JobContext, measurement: Measurement, bpw: float, fp_nll: float
     if bpw > high:
         ctx.log(f"the budget {bpw} bpw is above the largest layout ({high:.3f} bpw): every layer gets its largest "
                 "format")
-    layout = search_layout(choices, bpw)
+    layout = search_layout(choices, bpw) if mode == "layer-mix" else search_channel_mix(measurement, bpw,
+                                                                                        choices=choices)
     scale = gain.ratio if gain is not None else 1.0
     basis = gain.describe() if gain is not None else "before calibration (round-to-nearest), from the measurement"
     curve = [(b, math.exp(fp_nll + scale * e)) for b, e in quality_curve(choices, points=21)]
@@ -199,9 +219,20 @@ def _search(ctx: JobContext, measurement: Measurement, bpw: float, fp_nll: float
         ctx.log(f"predicted quality {basis}")
     counts: dict[str, int] = {}
     for fmt in layout.formats.values():
-        counts[fmt] = counts.get(fmt, 0) + 1
+        counts[format_label(fmt)] = counts.get(format_label(fmt), 0) + 1
     ctx.log(f"layout at {layout.bpw:.3f} bpw: " + ", ".join(f"{n} × {f}" for f, n in sorted(counts.items())))
+    if mode == "channel-mix":
+        ctx.log(f"channel-mix: {len(mixed_layers(layout.formats))} of {len(layout.formats)} layers split their input "
+                "channels between two formats (permutations stored; calibrated part by part)")
     return layout
+
+
+def _mix_choices(ctx: JobContext, measurement: Measurement) -> list:
+    """The channel-mix search problem; a measurement without per-channel errors offers the pure formats only."""
+    if not measurement.unit:
+        ctx.log("this measurement has no per-channel errors: channel-mix adds no options, the layout is a "
+                "layer-mix", level="warning")
+    return channel_mix_choices(measurement)
 
 
 def calibration_settings(preset: Preset, device: str):
@@ -217,8 +248,29 @@ def calibration_samples(calib_ids: list[int], config: Any, seed: int) -> list[li
     return token_windows(calib_ids, config.samples, config.seq_len, seed=seed + 1)
 
 
-def _calibrate(ctx, model, tok, calib_ids, formats, preset: Preset, partial: Path, seed: int) -> dict:
-    """Block-wise calibration of the layout, resumable from `partial`."""
+def _open_streamed(ctx: JobContext, source: str, stream: Any, trust_remote_code: bool, formats: int) -> Any:
+    """A StreamedModel when `stream` is true, or when it is unset and the model loaded whole would not fit in RAM;
+    else None (the model is then loaded whole, as always)."""
+    from bitsmith.engine.model_stream import choose_streaming, open_streamed
+
+    requested = None if stream in (None, "auto") else bool(stream)
+    on, why = choose_streaming(source, requested, trust_remote_code, formats)
+    if not on:
+        return None
+    ctx.log(f"streaming the model block by block ({why})")
+    return open_streamed(source, dtype=torch.float32, trust_remote_code=trust_remote_code)
+
+
+def _fp_perplexity(ctx: JobContext, model: Any, streamed: Any, held: torch.Tensor, preset: Preset) -> dict:
+    """The full-precision held-out perplexity, block-streamed when the model is."""
+    if streamed is not None:
+        return streamed_perplexity(streamed, held, preset.eval_window, check_cancel=ctx.check_cancel).to_dict()
+    return perplexity(model, held, preset.eval_window).to_dict()
+
+
+def _calibrate(ctx, model, tok, calib_ids, formats, preset: Preset, partial: Path, seed: int, streamed=None) -> dict:
+    """Block-wise calibration of the layout, resumable from `partial`; a streamed model's blocks are read one
+    at a time and stay, quantized, in the model."""
     from bitsmith.engine.calibrate import calibrate_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -229,7 +281,10 @@ def _calibrate(ctx, model, tok, calib_ids, formats, preset: Preset, partial: Pat
         checkpoint_dir=partial / "calibrate",
         on_progress=lambda stage, done, total: ctx.progress(done, total, stage=stage),
         check_cancel=ctx.check_cancel,
+        materialise=None if streamed is None else (lambda i: streamed.materialise(i, keep=True)),
     )
+    if streamed is not None and not streamed.is_complete():
+        raise RuntimeError("streamed calibration left weights unread")  # every block is visited: a bug if reached
     return result if isinstance(result, dict) else getattr(result, "to_dict", lambda: {})()
 
 

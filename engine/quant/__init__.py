@@ -1,6 +1,6 @@
 """Quantized weight formats: specs and bpw accounting (torch-free), quantizers, and QuantLinear.
 
-`spec` and `bpw` are imported eagerly and never import torch, so a planner process can use
+`spec`, `mix` and `bpw` are imported eagerly and never import torch, so a planner process can use
 `from bitsmith.engine.quant import parse_spec, layer_bits` without torch; the torch-based names
 below are imported on first access.
 """
@@ -10,11 +10,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .bpw import KeptTensor, LayerBits, ModelBits, layer_bits, model_bits
+from .bpw import KeptTensor, LayerBits, MixedLayerBits, ModelBits, channel_mix_bits, layer_bits, model_bits
+from .mix import ChannelMix, parse_format
 from .spec import INT2_G64, INT4_G128, PRESETS, QuantSpec, parse_spec
 
 _LAZY = {
     "QuantLinear": ".linear",
+    "ChannelMixLinear": ".mixed_linear",
     "QuantizedWeight": ".quantize",
     "quantize_weight": ".quantize",
     "dequantize_weight": ".quantize",
@@ -30,12 +32,16 @@ __all__ = [
     "INT2_G64",
     "INT4_G128",
     "PRESETS",
+    "ChannelMix",
     "KeptTensor",
     "LayerBits",
+    "MixedLayerBits",
     "ModelBits",
     "QuantSpec",
+    "channel_mix_bits",
     "layer_bits",
     "model_bits",
+    "parse_format",
     "parse_spec",
     *_LAZY,
 ]

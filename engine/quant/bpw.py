@@ -12,13 +12,16 @@ tensors (engine/quant/linear.py, state-dict keys in brackets) cost:
 * an optional input permutation (act-order), int16 or int32 per input channel;
 * an optional bias, N × 16 or 32 bits, reported separately and not part of bpw.
 
-bpw = (codes + scales + zeros + permutation) / (N·K). The tests check these formulas against the byte
-sizes of a real QuantLinear's state dict, so this module cannot drift from the storage format.
+bpw = (codes + scales + zeros + permutation) / (N·K). A channel-mix linear (engine/quant/mix.py) stores one
+such set of tensors per part ([N, K_i] in the part's format, keys ``parts.<i>.<key>``) plus its permutation
+[perm] (int16 when K <= 32768, else int32); `channel_mix_bits` counts them. The tests check these formulas
+against the byte sizes of real QuantLinear and ChannelMixLinear state dicts, so this module cannot drift from
+the storage format.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +139,94 @@ def layer_bits(
     )
 
 
+def perm_bits_for(in_features: int) -> int:
+    """Bits per stored permutation entry: int16 holds indices up to 32767, wider layers need int32."""
+    return 16 if in_features <= 2**15 else 32
+
+
+@dataclass(frozen=True)
+class MixedLayerBits:
+    """Bits stored for one channel-mix linear: its parts (each a LayerBits over its inputs) and the permutation."""
+
+    name: str
+    out_features: int
+    in_features: int
+    parts: tuple[LayerBits, ...]
+    perm: int
+    bias: int = 0
+
+    @property
+    def codes(self) -> int:
+        """Bits of the packed codes of every part."""
+        return sum(p.codes for p in self.parts)
+
+    @property
+    def scales(self) -> int:
+        """Bits of the scales of every part."""
+        return sum(p.scales for p in self.parts)
+
+    @property
+    def zeros(self) -> int:
+        """Bits of the zero-points of every part."""
+        return sum(p.zeros for p in self.parts)
+
+    @property
+    def meta(self) -> int:
+        """Bits of the parts' second-level statistics."""
+        return sum(p.meta for p in self.parts)
+
+    @property
+    def weights(self) -> int:
+        """Number of weights N·K the layer stands for."""
+        return self.out_features * self.in_features
+
+    @property
+    def stats(self) -> int:
+        """Bits of scales, zeros and their second-level statistics."""
+        return self.scales + self.zeros + self.meta
+
+    @property
+    def total(self) -> int:
+        """Bits counted in bpw: every part's codes and statistics plus the permutation (not the bias)."""
+        return self.codes + self.stats + self.perm
+
+    @property
+    def bpw(self) -> float:
+        """Bits per weight of everything stored for this layer except its bias."""
+        return self.total / self.weights
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able breakdown (the parts' own breakdowns included)."""
+        return {
+            "name": self.name,
+            "out_features": self.out_features,
+            "in_features": self.in_features,
+            "spec": "+".join(f"{p.spec.name}:{p.in_features}" for p in self.parts),
+            "codes_bits": self.codes,
+            "scales_bits": self.scales,
+            "zeros_bits": self.zeros,
+            "meta_bits": self.meta,
+            "perm_bits": self.perm,
+            "bias_bits": self.bias,
+            "bpw": self.bpw,
+            "parts": [p.to_dict() for p in self.parts],
+        }
+
+
+def channel_mix_bits(
+    out_features: int, parts: Sequence[tuple[QuantSpec, int]], *, bias_bits: int = 0, name: str = ""
+) -> MixedLayerBits:
+    """Exact stored bits of a channel-mix linear whose parts are (format, inputs) in permuted order."""
+    if bias_bits not in (0, 16, 32):
+        raise ValueError(f"bias_bits must be 0 (none), 16 or 32, got {bias_bits}")
+    rows = tuple(layer_bits(out_features, k, spec, name=f"{name}.parts.{i}") for i, (spec, k) in enumerate(parts))
+    k = sum(r.in_features for r in rows)
+    return MixedLayerBits(
+        name=name, out_features=out_features, in_features=k, parts=rows, perm=perm_bits_for(k) * k,
+        bias=bias_bits * out_features,
+    )
+
+
 @dataclass(frozen=True)
 class KeptTensor:
     """A tensor stored unquantized (embeddings, norms, usually lm_head) at `bits` per element."""
@@ -149,7 +240,7 @@ class KeptTensor:
 class ModelBits:
     """Size report of a whole model: quantized linears, biases, and the tensors kept in 16 bits."""
 
-    layers: tuple[LayerBits, ...]
+    layers: tuple[LayerBits | MixedLayerBits, ...]
     kept: tuple[KeptTensor, ...]
 
     @property

@@ -12,18 +12,18 @@ import copy
 import torch
 from torch import nn
 
-from .linear import QuantLinear
+from .mixed_linear import quant_modules
 from .store import set_submodule
 
 
 def dense_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` with every QuantLinear replaced by an nn.Linear of its dequantized weight."""
+    """A deep copy of `model` with every quantized layer (QuantLinear, ChannelMixLinear) replaced by an nn.Linear
+    of its dequantized weight."""
     dense = copy.deepcopy(model)
-    for name, mod in list(dense.named_modules()):
-        if isinstance(mod, QuantLinear):
-            lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
-            lin.weight = nn.Parameter(mod.dequantize(torch.float32), requires_grad=False)
-            if mod.bias is not None:
-                lin.bias = nn.Parameter(mod.bias.float(), requires_grad=False)
-            set_submodule(dense, name, lin)
+    for name, mod in quant_modules(dense).items():
+        lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
+        lin.weight = nn.Parameter(mod.dequantize(torch.float32), requires_grad=False)
+        if mod.bias is not None:
+            lin.bias = nn.Parameter(mod.bias.float(), requires_grad=False)
+        set_submodule(dense, name, lin)
     return dense

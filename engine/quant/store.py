@@ -1,9 +1,10 @@
 """The saved model folder: what Hugging Face tools recognise, plus Bitsmith's layout and facts.
 
     config.json, generation_config.json, tokenizer files    as transformers writes them
-    model.safetensors                                       QuantLinear tensors + 16-bit kept tensors
+    model.safetensors                                       quantized layers' tensors + 16-bit kept tensors
     quant_strategy.json                                     per block, per linear: bits, group size
-                                                            (GreenBitAI's layer-mix layout)
+                                                            (GreenBitAI's layout: layer-mix entries, and
+                                                            channel-mix ones with bits/bits_prop lists)
     bitsmith.json                                           format version, source, exact layout,
                                                             achieved bpw, kept tensors, recipe, metrics
 
@@ -27,13 +28,17 @@ from torch import nn
 
 from bitsmith.engine.errors import BadInputError, DiskFullError
 
-from .bpw import layer_bits
 from .legacy import upgrade_v1_tensors
-from .linear import QuantLinear
+from .mix import ChannelMix, parse_format
+from .mixed_linear import ChannelMixLinear, format_of, load_quant_module, module_bits, quant_modules
 from .spec import parse_spec
 
 FORMAT_VERSION = 2
 """2: 3-bit codes as bit planes (kernels/pack.py); format-1 folders load through engine/quant/legacy.py."""
+CHANNEL_MIX_VERSION = 3
+"""3: format 2 plus channel-mix layers (engine/quant/mixed_linear.py). Only folders that hold one are written as
+3, so every layer-mix folder stays readable by a Bitsmith that knows format 2."""
+READABLE_VERSION = CHANNEL_MIX_VERSION
 META_FILE = "bitsmith.json"
 STRATEGY_FILE = "quant_strategy.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -47,8 +52,8 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def quantized_layout(model: nn.Module) -> dict[str, str]:
-    """Qualified name → format name of every QuantLinear in the model."""
-    return {name: mod.spec.name for name, mod in model.named_modules() if isinstance(mod, QuantLinear)}
+    """Qualified name → format name of every quantized layer (a channel-mix's name lists its parts)."""
+    return {name: format_of(mod) for name, mod in quant_modules(model).items()}
 
 
 def round_kept_(model: nn.Module, dtype: torch.dtype = torch.float16) -> None:
@@ -75,18 +80,11 @@ def _strategy(layout: dict[str, str]) -> dict:
     """GreenBitAI's quant_strategy.json: {"measurement": {block: {linear: {bits, group_size, ...}}}}."""
     blocks: dict[str, dict[str, dict]] = {}
     for name, fmt in layout.items():
-        spec = parse_spec(fmt)
         parts = name.split(".")
         # the block is the prefix up to and including the first numeric component
         cut = next((i for i, p in enumerate(parts) if p.isdigit()), len(parts) - 2) + 1
         block, inner = ".".join(parts[:cut]), ".".join(parts[cut:])
-        blocks.setdefault(block, {})[inner] = {
-            "bits": [spec.bits],
-            "bits_prop": [1.0],
-            "group_size": {str(spec.bits): spec.group_size},
-            "scale_bits": spec.scale_bits,
-            "format": spec.name,
-        }
+        blocks.setdefault(block, {})[inner] = _strategy_entry(parse_format(fmt))
     for block, linears in blocks.items():  # GreenBitAI keys by the short name where it is unique
         short = [k.rsplit(".", 1)[-1] for k in linears]
         if len(set(short)) == len(short):
@@ -94,10 +92,33 @@ def _strategy(layout: dict[str, str]) -> dict:
     return {"measurement": blocks}
 
 
+def _strategy_entry(fmt) -> dict:  # noqa: ANN001 - a QuantSpec or a ChannelMix
+    """One linear's quant_strategy.json entry. A channel-mix lists its parts in permuted order, as GreenBitAI's
+    channel-mix strategies do ("bits", "bits_prop" = share of the inputs, "group_size" per width), plus the
+    exact widths ("channels") and "format"; the permutation itself is the layer's `perm` tensor."""
+    if isinstance(fmt, ChannelMix):
+        k = fmt.in_features
+        return {
+            "bits": [s.bits for s in fmt.specs],
+            "bits_prop": [round(w / k, 6) for w in fmt.widths],
+            "group_size": {str(s.bits): s.group_size for s in fmt.specs},
+            "channels": list(fmt.widths),
+            "scale_bits": [s.scale_bits for s in fmt.specs],
+            "format": fmt.name,
+        }
+    return {
+        "bits": [fmt.bits],
+        "bits_prop": [1.0],
+        "group_size": {str(fmt.bits): fmt.group_size},
+        "scale_bits": fmt.scale_bits,
+        "format": fmt.name,
+    }
+
+
 def layout_from_strategy(strategy: dict, model: nn.Module) -> dict[str, str]:
     """Read a quant_strategy.json (ours or GreenBitAI's) back into qualified name → format name."""
     blocks = strategy.get("measurement", strategy)
-    names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear | QuantLinear)}
+    names = set(quant_modules(model)) | {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     layout = {}
     for block, linears in blocks.items():
         for inner, entry in linears.items():
@@ -105,8 +126,14 @@ def layout_from_strategy(strategy: dict, model: nn.Module) -> dict[str, str]:
             if len(matches) != 1:
                 raise BadInputError(f"{STRATEGY_FILE}: {block}.{inner} matches {len(matches)} layers of the model")
             if "format" in entry:
-                layout[matches[0]] = parse_spec(entry["format"]).name
+                layout[matches[0]] = parse_format(entry["format"]).name
                 continue
+            if len(entry.get("bits", [])) > 1:
+                raise BadInputError(
+                    f"{STRATEGY_FILE}: {block}.{inner} mixes widths {entry['bits']} inside the layer (a GreenBitAI "
+                    "channel-mix entry) without a Bitsmith format name",
+                    "import a layer-mix model, or quantize the original model with Bitsmith --mode channel-mix",
+                )
             bits = int(entry["bits"][0])
             gs = entry["group_size"]
             group = int(gs.get(str(bits), next(iter(gs.values())))) if isinstance(gs, dict) else int(gs)
@@ -119,11 +146,10 @@ def model_bpw(model: nn.Module) -> dict:
     q_bits = q_weights = kept_bits = kept_weights = 0
     kept = []
     seen: set[int] = set()
-    for mod in model.modules():
-        if isinstance(mod, QuantLinear):
-            lb = layer_bits(mod.out_features, mod.in_features, mod.spec)
-            q_bits += lb.total
-            q_weights += lb.weights
+    for mod in quant_modules(model).values():
+        lb = module_bits(mod)  # a channel-mix's permutation included
+        q_bits += lb.total
+        q_weights += lb.weights
     for name, p in model.named_parameters():
         if id(p) in seen:
             continue
@@ -141,10 +167,10 @@ def model_bpw(model: nn.Module) -> dict:
 
 
 def _state(model: nn.Module, kept_dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Tensors to store: QuantLinear buffers as they are, other floats in `kept_dtype`, ties stored once."""
+    """Tensors to store: quantized layers' buffers as they are, other floats in `kept_dtype`, ties stored once."""
     out: dict[str, torch.Tensor] = {}
     stored_at: set[tuple[int, tuple[int, ...]]] = set()
-    quant_prefixes = tuple(n + "." for n, m in model.named_modules() if isinstance(m, QuantLinear))
+    quant_prefixes = tuple(n + "." for n in quant_modules(model))
     for name, t in model.state_dict().items():
         where = (t.data_ptr(), tuple(t.shape))
         if t.numel() and where in stored_at:
@@ -187,8 +213,10 @@ def save_quantized(
             tokenizer.save_pretrained(tmp)
         save_file(_state(model, _DTYPES[kept_dtype]), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / STRATEGY_FILE).write_text(json.dumps(_strategy(layout), indent=1))
+        mixed = any(isinstance(m, ChannelMixLinear) for m in quant_modules(model).values())
         meta = {
-            "format_version": FORMAT_VERSION,
+            "format_version": CHANNEL_MIX_VERSION if mixed else FORMAT_VERSION,
+            "layout_mode": "channel-mix" if mixed else "layer-mix",
             "source": source or {},
             "layout": layout,
             "shapes": {n: [m.out_features, m.in_features] for n, m in model.named_modules() if n in layout},
@@ -227,7 +255,7 @@ def load_quantized(folder: str | Path, device: str = "cpu", dtype: torch.dtype =
     if not is_quantized_folder(path):
         raise BadInputError(f"{path} is not a Bitsmith model folder (no {META_FILE})", "quantize a model first")
     meta = json.loads((path / META_FILE).read_text())
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    if meta.get("format_version", 0) > READABLE_VERSION:
         raise BadInputError(
             f"{path} was written by a newer Bitsmith (format {meta['format_version']})", "update Bitsmith"
         )
@@ -239,7 +267,7 @@ def load_quantized(folder: str | Path, device: str = "cpu", dtype: torch.dtype =
         mod = model.get_submodule(name)
         if meta.get("format_version", 0) < 2:
             upgrade_v1_tensors(state, name + ".", parse_spec(fmt), mod.out_features, mod.in_features)
-        set_submodule(model, name, QuantLinear.from_state_dict(state, fmt, mod.in_features, prefix=name + "."))
+        set_submodule(model, name, load_quant_module(state, fmt, mod.in_features, prefix=name + "."))
     quant_keys = {k for name in meta["layout"] for k in state if k.startswith(name + ".")}
     rest = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items() if k not in quant_keys}
     result = model.load_state_dict(rest, strict=False, assign=True)

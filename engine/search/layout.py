@@ -82,8 +82,9 @@ def feasible_range(layers: Sequence[LayerChoices]) -> tuple[float, float]:
 
 
 def _pick(cost: np.ndarray, err: np.ndarray, lam: float) -> np.ndarray:
-    """Each layer's best option at bit price `lam` (ties go to the cheaper option)."""
-    score = err + lam * cost
+    """Each layer's best option at bit price `lam` (ties go to the cheaper option; padding never wins)."""
+    with np.errstate(invalid="ignore"):  # 0 · inf on padded options: masked just below
+        score = np.where(np.isfinite(cost), err + lam * cost, np.inf)
     best = score.min(axis=1, keepdims=True)
     return np.where(score <= best + 1e-12 * np.abs(best), cost, np.inf).argmin(axis=1)
 
@@ -111,7 +112,8 @@ def _lagrangian(cost: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray:
         d_err = err[rows, choice][:, None] - err
         ok = (d_err > 0) & (d_cost > 0) & (d_cost <= limit - spent)
         free = (d_err > 0) & (d_cost <= 0)
-        ratio = np.where(free, np.inf, np.where(ok, d_err / np.where(d_cost > 0, d_cost, 1), -1.0))
+        with np.errstate(invalid="ignore"):  # -inf / inf on padded options, never selected
+            ratio = np.where(free, np.inf, np.where(ok, d_err / np.where(d_cost > 0, d_cost, 1), -1.0))
         i, j = np.unravel_index(np.argmax(ratio), ratio.shape)
         if ratio[i, j] <= 0:
             return choice

@@ -8,12 +8,19 @@ stored and the cost is one backward pass per sample whatever the number of forma
 layer-output error tr(ΔW H ΔWᵀ), the result is in units of loss, so layers are comparable with each
 other and the sum predicts the model's loss increase (additivity is an assumption the quality
 benchmark checks). The predicted perplexity of a layout is ppl_fp · exp(Σ errors).
+
+The same sum split by input channels comes for free: each layer also records, per format, the error of every
+*unit* of `Measurement.unit` consecutive input channels (the least common multiple of the formats' group
+sizes, so a unit is a whole number of groups in every format). The channel-mix search
+(engine/search/channel_mix.py) prices a layer whose units take different formats as the sum of its units'
+errors: exact for the measured quantizer as long as groups stay whole, which the unit guarantees.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +38,8 @@ from bitsmith.engine.quant.spec import parse_spec
 from bitsmith.engine.search.layout import LayerChoices, Option
 
 SIGNAL = "fisher_diag"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""2: per-unit (input-channel group) errors for the channel-mix search."""
 
 
 @dataclass
@@ -43,6 +51,8 @@ class LayerMeasure:
     in_features: int
     bits: dict[str, int]
     errors: dict[str, float]
+    group_errors: dict[str, list[float]] = field(default_factory=dict)
+    """Per format, the error of each unit of `Measurement.unit` inputs (the last may be shorter); sums to `errors`."""
 
 
 @dataclass
@@ -57,6 +67,8 @@ class Measurement:
     layers: list[LayerMeasure] = field(default_factory=list)
     seconds: float = 0.0
     version: int = CACHE_VERSION
+    unit: int = 0
+    """Input channels per unit of `LayerMeasure.group_errors` (0: not measured per unit)."""
 
     def choices(self) -> list[LayerChoices]:
         """The search problem: each layer with one option per format."""
@@ -118,6 +130,19 @@ def save_cached(path: Path, m: Measurement) -> None:
     os.replace(tmp, path)
 
 
+def channel_unit(formats: Sequence[str]) -> int:
+    """Inputs per unit of the per-channel errors: a whole number of groups in every format."""
+    return math.lcm(*(parse_spec(f).group_size for f in formats))
+
+
+def unit_sums(per_channel: torch.Tensor, unit: int) -> list[float]:
+    """Sums of a per-input-channel vector [K] over consecutive units of `unit` channels (the last may be shorter)."""
+    k = per_channel.numel()
+    padded = torch.zeros(-(-k // unit) * unit, dtype=torch.float64, device=per_channel.device)
+    padded[:k] = per_channel.to(torch.float64)
+    return padded.view(-1, unit).sum(dim=1).tolist()
+
+
 def quantization_deltas(
     linears: dict[str, nn.Linear], formats: Sequence[str], method: str
 ) -> dict[str, dict[str, torch.Tensor]]:
@@ -155,7 +180,11 @@ def measure_model(
         if check_cancel:
             check_cancel()
     seq_len = len(windows[0])
-    acc = {name: dict.fromkeys(formats, 0.0) for name in linears}
+    # per input channel: Σ over outputs of F ⊙ ΔW², so the per-unit (channel-mix) errors come for free
+    acc = {
+        name: {f: torch.zeros(lin.in_features, dtype=torch.float64, device=lin.weight.device) for f in formats}
+        for name, lin in linears.items()
+    }
     saved = {p: p.requires_grad for p in model.parameters()}
     handles = []
 
@@ -163,7 +192,7 @@ def measure_model(
         def hook(param: torch.Tensor) -> None:
             g2 = param.grad.detach().float().square()
             for fmt in formats:
-                acc[name][fmt] += float((g2 * deltas[name][fmt]).sum())
+                acc[name][fmt] += (g2 * deltas[name][fmt]).sum(dim=0)
             param.grad = None  # never hold the whole model's gradients
 
         return hook
@@ -193,17 +222,19 @@ def measure_model(
             p.grad = None
     # per-sequence mean loss: E[g_seq²] ≈ E[g_tok²] / T, so F_tok ≈ T·mean_s g_seq²
     scale = 0.5 * (seq_len - 1) / len(windows)
-    layers = [
-        LayerMeasure(
+    unit = channel_unit(formats)
+    layers = []
+    for name, lin in linears.items():
+        groups = {f: [e * scale for e in unit_sums(acc[name][f], unit)] for f in formats}
+        layers.append(LayerMeasure(
             name=name,
             out_features=lin.out_features,
             in_features=lin.in_features,
             bits={f: layer_bits(lin.out_features, lin.in_features, spec).total for f, spec in zip(formats, specs)},
-            errors={f: acc[name][f] * scale for f in formats},
-        )
-        for name, lin in linears.items()
-    ]
+            errors={f: math.fsum(groups[f]) for f in formats},
+            group_errors=groups,
+        ))
     return Measurement(
         formats=list(formats), method=method, samples=len(windows), seq_len=seq_len, layers=layers,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, unit=unit,
     )

@@ -116,3 +116,40 @@ def test_candidate_formats_reach_the_layout(tiny_model_dir: Path, tmp_path: Path
     bad = _cli(tmp_path, "quantize", str(tiny_model_dir), "--bpw", "3.0", "--out", str(tmp_path / "b"),
                "--formats", "int5_g128")
     assert bad.returncode != 0 and "unknown format" in bad.stdout + bad.stderr
+
+
+@pytest.mark.slow
+def test_channel_mix_mode_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """--mode channel-mix: some layers split their inputs between two formats (permutation stored), calibrated
+    part by part; the folder reloads bit for bit and says what it holds; bad modes are clear errors."""
+    out = tmp_path / "q"
+    run = _cli(tmp_path, "quantize", str(tiny_model_dir), "--bpw", "3.0", "--out", str(out), "--preset", "demo",
+               "--mode", "channel-mix", "--json")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    events = _events(run.stdout)
+    meta = json.loads((out / "bitsmith.json").read_text())
+    mixed = {n: f for n, f in meta["layout"].items() if "+" in f}
+    assert mixed, meta["layout"]  # at 3.0 bpw the search uses mixes on this model
+    assert meta["format_version"] == 3 and meta["layout_mode"] == "channel-mix"
+    assert meta["recipe"]["mode"] == "channel-mix" and meta["bpw"]["quantized_linears"] <= 3.0
+    assert any("channel-mix:" in e.get("message", "") for e in events if e["event"] == "log")
+    blocks = meta["recipe"]["calibration"]["blocks"]
+    calibrated = {f"{b['name']}.{n}": f for b in blocks for n, f in b["formats"].items()}
+    assert all(calibrated[n] == f for n, f in mixed.items())  # the mixed layers were calibrated, not skipped
+    result = next(e for e in events if e["event"] == "result")
+    assert result["ppl"] == pytest.approx(meta["metrics"]["heldout_ppl"])
+    ev = _cli(tmp_path, "eval", str(out), "--json", "--max-tokens", str(meta["metrics"]["eval_tokens"]))
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert json.loads(ev.stdout.strip().splitlines()[-1])["ppl"] == meta["metrics"]["heldout_ppl"]  # bit-exact
+    from bitsmith.engine.model_summary import summarize
+
+    summary = summarize(out)
+    assert summary["layout_mode"] == "channel-mix" and any("(channel-mix)" in f for f in summary["format_counts"])
+
+
+def test_an_unknown_layout_mode_is_a_clear_error(tmp_path: Path) -> None:
+    from bitsmith.engine.errors import BadInputError
+    from bitsmith.engine.pipeline.quantize import run_quantize
+
+    with pytest.raises(BadInputError, match="row-mix"):  # refused before anything is loaded
+        run_quantize(None, {"source": "any", "bpw": 3.0, "out": str(tmp_path / "q"), "mode": "row-mix"})

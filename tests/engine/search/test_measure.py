@@ -105,3 +105,40 @@ def test_cached_bits_are_recounted_on_load(tmp_path, model: LlamaForCausalLM) ->
 def test_no_samples_is_a_clear_error(model: LlamaForCausalLM) -> None:
     with pytest.raises(BadInputError, match="no calibration samples"):
         measure_model(model, [])
+
+
+def test_unit_errors_add_up_and_predict_a_channel_mixed_model(model: LlamaForCausalLM) -> None:
+    """Per-unit errors sum to each layer's error, and a model whose every linear is a channel-mix (its most sensitive
+    half of the units in INT4, the rest in INT2) loses about what the sum of its units' errors predicts."""
+    import math
+
+    from bitsmith.engine.model import find_blocks
+    from bitsmith.engine.quant.mixed_linear import ChannelMixLinear
+    from bitsmith.engine.search.channel_mix import mix_for
+
+    windows = _windows(8)
+    m = measure_model(model, windows, formats=("int4_g32", "int2_g32"), method="rtn")
+    assert m.unit == 32
+    predicted = 0.0
+    linears = {f"{b.name}.{n}": lin for b in find_blocks(model) for n, lin in b.linears.items()}
+    saved = {}
+    for layer in m.layers:
+        units = -(-layer.in_features // m.unit)
+        for f in m.formats:
+            assert len(layer.group_errors[f]) == units and min(layer.group_errors[f]) >= 0
+            assert math.fsum(layer.group_errors[f]) == pytest.approx(layer.errors[f], rel=1e-9)
+        mix = mix_for(layer, "int4_g32", "int2_g32", units // 2, m.unit)
+        high = {p // m.unit for p in mix.perm[: mix.widths[0]]}
+        predicted += sum(layer.group_errors["int4_g32" if u in high else "int2_g32"][u] for u in range(units))
+        lin = linears[layer.name]
+        saved[lin] = lin.weight.data.clone()
+        lin.weight.data = ChannelMixLinear.from_linear(lin, mix, "rtn").dequantize()
+    ids = torch.tensor(windows)
+    with torch.no_grad():
+        mixed = float(model(ids, labels=ids).loss)
+        for lin, w in saved.items():
+            lin.weight.data = w
+        base = float(model(ids, labels=ids).loss)
+    true = mixed - base
+    assert true > 0
+    assert 0.2 < predicted / true < 5.0, (predicted, true)
