@@ -59,11 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     services = Services()
     apply_theme(app, str(services.settings.get("theme", "system")))
-    hints = app.styleHints()
-    if hasattr(hints, "colorSchemeChanged"):
-        hints.colorSchemeChanged.connect(
-            lambda *_: services.settings.get("theme", "system") == "system" and apply_theme(app, "system"))
-    window = MainWindow(services)
+    window = MainWindow(services)  # it follows the desktop's light/dark switches (theme.SystemThemeFollower)
     if args.page:
         if args.page in PAGE_NAMES:
             window.show_page(args.page)

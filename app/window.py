@@ -15,7 +15,7 @@ import logging
 import traceback
 from typing import Any
 
-from PySide6.QtCore import QByteArray, Qt
+from PySide6.QtCore import QByteArray, QEvent, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -154,6 +154,12 @@ class MainWindow(QMainWindow):
         services.hardware.ram_changed.connect(self._on_ram)
         services.jobs.jobs_changed.connect(self._on_jobs)
 
+        app = QApplication.instance()
+        if isinstance(app, QApplication):
+            from .theme import SystemThemeFollower
+
+            self.theme_follower = SystemThemeFollower(app, lambda: str(services.settings.get("theme", "system")),
+                                                      parent=self)
         self._restore_geometry()
         start = services.settings.get("window/page", DEFAULT_PAGE)
         self.show_page(start if start in self._names else DEFAULT_PAGE)
@@ -303,6 +309,12 @@ class MainWindow(QMainWindow):
             if self.restoreGeometry(QByteArray.fromBase64(saved.encode("ascii"))):
                 return
         self.resize(1200, 800)
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 - Qt's name
+        """The platform's ThemeChange (its palette changed) goes to the theme follower."""
+        if event.type() == QEvent.Type.ThemeChange and hasattr(self, "theme_follower"):
+            self.theme_follower.desktop_changed()
+        super().changeEvent(event)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
         """Remember the geometry, let pages save their work, stop the workers."""

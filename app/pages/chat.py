@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
@@ -67,6 +67,37 @@ class _EnterSends(QObject):
         return False
 
 
+def _lines_height(box: QPlainTextEdit, lines: int) -> int:
+    """The height that shows `lines` lines of the box's font (it follows the font size, where pixels would not)."""
+    margins = box.contentsMargins()
+    return int(lines * box.fontMetrics().lineSpacing() + 2 * box.document().documentMargin() + margins.top()
+               + margins.bottom() + 2)
+
+
+class ModelCombo(QComboBox):
+    """The model switcher: says when its list is about to open, so the page can re-read the models folder first."""
+
+    about_to_open = Signal()
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt's name
+        """Refresh the list (models come and go in the library), then open it."""
+        self.about_to_open.emit()
+        super().showPopup()
+
+
+def library_models(models_dir: Path) -> list[tuple[str, str]]:
+    """(label, path) of the models in the library that a chat can run: Bitsmith and Hugging Face folders (native
+    backend) and GGUF files (llama.cpp)."""
+    from .models import scan_library
+
+    out = []
+    for m in scan_library(models_dir):
+        if m["kind"] in ("Bitsmith", "Hugging Face") or (m["kind"].startswith("GGUF") and "missing" not in m["kind"]):
+            bpw = f" · {m['bpw']:.2f} bpw" if isinstance(m.get("bpw"), float) and m["kind"] == "Bitsmith" else ""
+            out.append((f"{m['name']} ({m['kind']}{bpw})", str(m["path"])))
+    return out
+
+
 class ChatPage(QWidget):
     """Chat with a model: streaming answers, stop, regenerate, edit-and-resend, per-chat settings, export."""
 
@@ -77,6 +108,7 @@ class ChatPage(QWidget):
         self.store: ChatStore | None = None
         self.conv: Conversation | None = None
         self.editing: int | None = None  # the user message being edited
+        self.library: list[tuple[str, str]] = []  # the models folder's chat-able models, read when the list opens
         self._loading_settings = False
         self._build()
         try:
@@ -152,10 +184,12 @@ class ChatPage(QWidget):
         mv = QVBoxLayout(mid)
         mv.setContentsMargins(4, 8, 4, 8)
         bar = QHBoxLayout()
-        self.model_combo = QComboBox()
-        self.model_combo.setMinimumWidth(260)
+        self.model_combo = ModelCombo()
+        self.model_combo.setMinimumContentsLength(16)
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setToolTip("The model this chat talks to")
         self.model_combo.activated.connect(self._on_model_activated)
+        self.model_combo.about_to_open.connect(self.refresh_model_list)
         self.backend_combo = QComboBox()
         for value, text in models.BACKENDS:
             self.backend_combo.addItem(text, value)
@@ -207,7 +241,7 @@ class ChatPage(QWidget):
         inp = QHBoxLayout()
         self.input = QPlainTextEdit()
         self.input.setPlaceholderText("Message the model…  (Enter sends, Shift+Enter adds a line)")
-        self.input.setFixedHeight(80)
+        self.input.setFixedHeight(_lines_height(self.input, 4))
         self.input.setAccessibleName("Message")
         self.input.setTabChangesFocus(True)  # Tab reaches Send and Stop; a tab character is rarely what one means
         self.input.installEventFilter(_EnterSends(self))
@@ -227,6 +261,7 @@ class ChatPage(QWidget):
         status_row = QHBoxLayout()
         self.status_label = QLabel("No model loaded yet: it starts with your first message.")
         self.status_label.setObjectName("muted")
+        self.status_label.setWordWrap(True)  # a long status takes two lines rather than widening the page
         self.speed_label = QLabel("")
         self.speed_label.setObjectName("muted")
         status_row.addWidget(self.status_label, 1)
@@ -241,7 +276,7 @@ class ChatPage(QWidget):
         sv.addWidget(QLabel("System prompt"))
         self.system_edit = QPlainTextEdit()
         self.system_edit.setPlaceholderText("e.g. You are a helpful assistant. Answer briefly.")
-        self.system_edit.setFixedHeight(110)
+        self.system_edit.setFixedHeight(_lines_height(self.system_edit, 6))
         self.system_edit.setTabChangesFocus(True)
         self.system_edit.textChanged.connect(lambda: self._settings_timer.start())
         sv.addWidget(self.system_edit)
@@ -518,10 +553,26 @@ class ChatPage(QWidget):
             missing = "" if Path(m).exists() else " — missing"
             self.model_combo.addItem(models.label(m) + missing, m)
             self.model_combo.setItemData(self.model_combo.count() - 1, m, Qt.ItemDataRole.ToolTipRole)
+        shown = {models.BUNDLED, *recent}
+        library = [(text, path) for text, path in self.library if path not in shown]
+        if library:
+            self.model_combo.insertSeparator(self.model_combo.count())
+        for text, path in library:
+            self.model_combo.addItem(text, path)
+            self.model_combo.setItemData(self.model_combo.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
         self.model_combo.insertSeparator(self.model_combo.count())
         self.model_combo.addItem("Open a .gguf file…", _OPEN_FILE)
         self.model_combo.addItem("Open a model folder…", _OPEN_FOLDER)
         self.model_combo.blockSignals(False)
+
+    def refresh_model_list(self) -> None:
+        """Re-read the models folder into the switcher (called as its list opens), keeping the chat's model."""
+        try:
+            self.library = library_models(self.services.models_dir())
+        except OSError:  # an unreadable models folder: the list keeps what it had
+            return
+        current = self.model_combo.currentData()
+        self._select_model(self.conv.model if self.conv is not None else str(current or models.BUNDLED))
 
     def _select_model(self, model: str) -> None:
         self._fill_models(model)
@@ -545,7 +596,8 @@ class ChatPage(QWidget):
                 return
             self.use_model(path)
             return
-        self._save_settings()
+        if isinstance(data, str) and data:
+            self.use_model(data)  # the backend follows (a folder cannot run on llama.cpp), and it joins the recent
 
     def use_model(self, model: str, backend: str | None = None) -> None:
         """Point the current chat at a model (also what other pages call for "Chat with it")."""

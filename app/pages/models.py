@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QMessageBox,
@@ -36,6 +37,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from shiboken6 import isValid
 
 from bitsmith.engine.errors import BitsmithError
 
@@ -106,6 +108,11 @@ def _entries(entry: Path) -> list[dict[str, Any]]:
             return [{"name": entry.name, "kind": "Bitsmith (damaged)", "path": entry, "size": _dir_bytes(entry),
                      "bpw": None, "ppl": None, "source": error_text(exc)}]
         metrics = s.get("metrics") or {}
+        if isinstance(metrics.get("finetune"), dict):  # its perplexity was measured before the fine-tune: not shown
+            tuned_from = Path(str(_read_meta_source(entry).get("finetuned_from") or "")).name
+            return [{"name": entry.name, "kind": "Bitsmith", "path": entry, "size": s["size_bytes"],
+                     "bpw": s.get("bpw_quantized"), "ppl": None, "ppl_fp": None,
+                     "source": f"fine-tuned from {tuned_from}" if tuned_from else s.get("source")}]
         return [{"name": entry.name, "kind": "Bitsmith", "path": entry, "size": s["size_bytes"],
                  "bpw": s.get("bpw_quantized"), "ppl": metrics.get("heldout_ppl"),
                  "ppl_fp": metrics.get("heldout_ppl_fp"), "source": s.get("source")}]
@@ -114,6 +121,14 @@ def _entries(entry: Path) -> list[dict[str, Any]]:
                  "size": _dir_bytes(entry), "bpw": 16.0, "ppl": None, "source": None}]
     return [{"name": f"{entry.name}/{gguf.name}", "kind": "GGUF", "path": gguf, "size": gguf.stat().st_size,
              "bpw": None, "ppl": None, "source": None} for gguf in sorted(entry.glob("*.gguf"))]
+
+
+def _read_meta_source(folder: Path) -> dict[str, Any]:
+    """The `source` record of a Bitsmith folder's bitsmith.json ({} when unreadable)."""
+    from bitsmith.engine.jobfiles import read_json
+
+    source = (read_json(folder / "bitsmith.json") or {}).get("source")
+    return source if isinstance(source, dict) else {}
 
 
 def is_gguf_entry(m: dict[str, Any]) -> bool:
@@ -182,11 +197,16 @@ class ModelsPage(QWidget):
         self.lib_table = QTableWidget(0, 6)
         self.lib_table.setHorizontalHeaderLabels(["Model", "Kind", "Size", "Bits/weight", "Perplexity", "Source"])
         setup_list_table(self.lib_table)
+        self.lib_table.setWordWrap(False)  # one line a model; a long source path is shortened in the middle
+        self.lib_table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.lib_table.horizontalHeader().setSectionResizeMode(5, QHeaderView.ResizeMode.Interactive)
+        self.lib_table.setColumnWidth(5, 240)
         self.lib_table.itemSelectionChanged.connect(self._lib_selection)
         self.lib_table.doubleClicked.connect(lambda _i: self.chat_selected())
         lv.addWidget(self.lib_table, 1)
         self.lib_empty = QLabel("")
         self.lib_empty.setObjectName("muted")
+        self.lib_empty.setWordWrap(True)
         lv.addWidget(self.lib_empty)
         self.lib_message = QLabel("")  # what just happened to the library: an import, a model gone from disk
         self.lib_message.setWordWrap(True)
@@ -248,6 +268,9 @@ class ModelsPage(QWidget):
             self.licence_combo.setItemData(self.licence_combo.count() - 1, ", ".join(ids),
                                            Qt.ItemDataRole.ToolTipRole)
         self.licence_combo.setToolTip("The licence the model's Hub page declares")
+        for combo in (self.family_combo, self.licence_combo):  # long names elide instead of widening the row
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
         self.licence_combo.currentIndexChanged.connect(self._schedule_search)
         self.budget_spin = QDoubleSpinBox()
         self.budget_spin.setRange(2.2, 16.0)
@@ -372,8 +395,8 @@ class ModelsPage(QWidget):
             for col, text in enumerate((m["name"], m["kind"], human_bytes(m["size"]), bpw, ppl,
                                         str(m.get("source") or ""))):
                 item = QTableWidgetItem(text)
-                if col == 5 and m.get("folder") is not None:
-                    item.setToolTip(f"Imported from {text}")
+                if col == 5 and text:
+                    item.setToolTip(f"Imported from {text}" if m.get("folder") is not None else text)
                 t.setItem(i, col, item)
             if chosen is not None and m["path"] == chosen["path"]:
                 t.selectRow(i)
@@ -598,13 +621,13 @@ class ModelsPage(QWidget):
             return kept
 
         def done(models: list[Any]) -> None:
-            if seq != self._search_seq:
-                return  # a newer search is on its way
+            if seq != self._search_seq or self._closed or not isValid(self.hub_table):
+                return  # a newer search is on its way, or the page closed (or was deleted) while this one ran
             self.searching = False
             self.show_results(models, bpw, flt)
 
         def failed(exc: BaseException) -> None:
-            if seq != self._search_seq:
+            if seq != self._search_seq or self._closed or not isValid(self.hub_table):
                 return
             self.searching = False
             self.results = []

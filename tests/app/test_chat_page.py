@@ -263,6 +263,60 @@ def test_closing_the_window_mid_answer_keeps_the_partial_answer(qtbot, chat, hom
     window2.close()
 
 
+def test_the_switcher_runs_a_library_folder_on_the_native_backend_streams_and_stops(  # noqa: ANN001
+        qtbot, chat, home: Path, tiny_models: Path, bundled_gguf: Path) -> None:
+    import shutil
+
+    folder = home / "models" / "tiny-3bpw"
+    shutil.copytree(tiny_models / "q", folder)  # a quantized Bitsmith folder (a tiny random Llama: fast on a CPU)
+    gguf = home / "models" / "smol.gguf"
+    gguf.symlink_to(bundled_gguf)
+    window, page = chat()
+    combo = page.model_combo
+    combo.showPopup()  # opening the list re-reads the models folder
+    combo.hidePopup()
+    index, gguf_index = combo.findData(str(folder)), combo.findData(str(gguf))
+    assert index > 0 and combo.itemText(index).startswith("tiny-3bpw (Bitsmith · ")
+    assert gguf_index > 0 and combo.itemText(gguf_index) == "smol.gguf (GGUF)"
+    # The GGUF goes to llama.cpp; the folder cannot, so choosing it takes the backend back to one that can run it.
+    page.backend_combo.setCurrentIndex(page.backend_combo.findData("llama.cpp"))
+    combo.setCurrentIndex(index)
+    combo.activated.emit(index)
+    assert page.conv.model == str(folder) and page.backend_combo.currentData() == "auto"
+    assert page.settings.get("chat/recent_models")[0] == str(folder)
+    native = page.backend_combo.findData("native")
+    page.backend_combo.setCurrentIndex(native)
+    page.backend_combo.activated.emit(native)
+    assert page.store.conversation(page.conv.id).backend == "native"
+    page.temperature.setValue(0.0)
+    page.max_tokens.setValue(4000)  # greedy never ends this model's answers: only Stop does
+    page._save_settings()
+
+    page.input.setPlainText("Tell me about the sea.")
+    page.input.setFocus()
+    qtbot.keyClick(page.input, Qt.Key.Key_Return)
+    assert page.controller.busy and page.controller.job.params["backend"] == "native"
+    assert page.controller.job.params["model"] == str(folder)
+    assert page.controller.job.params["n_ctx"] == 2048  # the Settings page's 4096, capped at the model's own limit
+    answer_id = _answer(page).id
+    widget = page.view.widgets[answer_id]
+    qtbot.waitUntil(lambda: len(widget.message.content) > 30 or not page.controller.busy, timeout=180_000)
+    assert page.controller.busy, _answer(page).meta
+    info = page.controller.model_info
+    assert info["backend"] == "native" and info["quantized"] is True and info["device"] == "cpu"
+    streamed = widget.message.content
+    assert page.store.message(answer_id).content == streamed  # written as it streams
+    qtbot.mouseClick(page.stop_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not page.controller.busy, timeout=60_000)
+    final = page.store.message(answer_id)
+    assert final.status == "stopped" and final.meta["reason"] == "stopped"
+    assert 0 < final.meta["completion_tokens"] < 4000 and final.content.startswith(streamed)
+    assert final.content == widget.message.content and "stopped" in widget.meta_label.text()
+    assert "tok/s" in page.speed_label.text() and page.send_button.isEnabled()
+    assert page.controller.job is not None and page.controller.job.running  # the model stays loaded for the next turn
+    window.close()
+
+
 # ---- a full disk -------------------------------------------------------------------------------
 
 def _full_disk(*_a, **_k):  # noqa: ANN202 - what ChatStore raises when SQLite cannot write
