@@ -39,20 +39,17 @@ def _words(count: int, bits: int) -> int:
     return packed_rows(count, bits)
 
 
-@dataclass(frozen=True)
-class LayerBits:
-    """Bits stored for one quantized linear, by tensor kind; `bpw` excludes the bias."""
+class _Totals:
+    """What follows from a layer's bits by kind: weights, statistics, the bpw total (codes, statistics and
+    permutation; not the bias) and bpw. Shared by plain and channel-mix layers."""
 
-    name: str
     out_features: int
     in_features: int
-    spec: QuantSpec
     codes: int
     scales: int
     zeros: int
     meta: int
-    perm: int = 0
-    bias: int = 0
+    perm: int
 
     @property
     def weights(self) -> int:
@@ -73,6 +70,22 @@ class LayerBits:
     def bpw(self) -> float:
         """Bits per weight of everything stored for this layer except its bias."""
         return self.total / self.weights
+
+
+@dataclass(frozen=True)
+class LayerBits(_Totals):
+    """Bits stored for one quantized linear, by tensor kind; `bpw` excludes the bias."""
+
+    name: str
+    out_features: int
+    in_features: int
+    spec: QuantSpec
+    codes: int
+    scales: int
+    zeros: int
+    meta: int
+    perm: int = 0
+    bias: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able breakdown."""
@@ -145,7 +158,7 @@ def perm_bits_for(in_features: int) -> int:
 
 
 @dataclass(frozen=True)
-class MixedLayerBits:
+class MixedLayerBits(_Totals):
     """Bits stored for one channel-mix linear: its parts (each a LayerBits over its inputs) and the permutation."""
 
     name: str
@@ -174,26 +187,6 @@ class MixedLayerBits:
     def meta(self) -> int:
         """Bits of the parts' second-level statistics."""
         return sum(p.meta for p in self.parts)
-
-    @property
-    def weights(self) -> int:
-        """Number of weights N·K the layer stands for."""
-        return self.out_features * self.in_features
-
-    @property
-    def stats(self) -> int:
-        """Bits of scales, zeros and their second-level statistics."""
-        return self.scales + self.zeros + self.meta
-
-    @property
-    def total(self) -> int:
-        """Bits counted in bpw: every part's codes and statistics plus the permutation (not the bias)."""
-        return self.codes + self.stats + self.perm
-
-    @property
-    def bpw(self) -> float:
-        """Bits per weight of everything stored for this layer except its bias."""
-        return self.total / self.weights
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able breakdown (the parts' own breakdowns included)."""
