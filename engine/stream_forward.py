@@ -21,7 +21,7 @@ from torch import nn
 
 from bitsmith.engine.calibrate.capture import CapturedInputs, _block_list, _Stub, capture_block_inputs
 from bitsmith.engine.calibrate.runner import run_block
-from bitsmith.engine.eval.perplexity import PerplexityResult, window_nll, window_plan
+from bitsmith.engine.eval.perplexity import PerplexityResult, scored_ids, window_nll, window_plan
 from bitsmith.engine.model_stream import StreamedModel, activation_budget
 
 BATCH = 8  # windows per chunk through one block (halved on out-of-memory by run_block)
@@ -133,16 +133,7 @@ def streamed_perplexity(
 ) -> PerplexityResult:
     """engine.eval.perplexity.perplexity for a StreamedModel: the same windows, scores and sums, with every
     block read once per pass of as many windows as `budget` bytes of hidden states hold."""
-    from bitsmith.engine.errors import BadInputError
-
-    stride = stride or window
-    if window < 2 or not 0 < stride <= window:
-        raise BadInputError(f"bad window {window} / stride {stride}", "use window >= 2 and 0 < stride <= window")
-    ids = token_ids.flatten()
-    if max_tokens:
-        ids = ids[:max_tokens]
-    if ids.numel() < 2:
-        raise BadInputError(f"only {ids.numel()} tokens to score", "give a longer evaluation text")
+    ids, stride = scored_ids(token_ids, window, stride, max_tokens)
     plan = window_plan(ids.numel(), window, stride)
     per_pass = windows_per_pass(streamed, window, budget=budget)
     scores: list[tuple[float, int]] = [(0.0, 0)] * len(plan)

@@ -35,6 +35,20 @@ class PerplexityResult:
 
 
 @torch.no_grad()
+def scored_ids(token_ids: torch.Tensor, window: int, stride: int | None,
+               max_tokens: int | None) -> tuple[torch.Tensor, int]:
+    """(the 1-D tokens to score, the stride) after checking the window settings; BadInputError when unusable."""
+    stride = stride or window
+    if window < 2 or not 0 < stride <= window:
+        raise BadInputError(f"bad window {window} / stride {stride}", "use window >= 2 and 0 < stride <= window")
+    ids = token_ids.flatten()
+    if max_tokens:
+        ids = ids[:max_tokens]
+    if ids.numel() < 2:
+        raise BadInputError(f"only {ids.numel()} tokens to score", "give a longer evaluation text")
+    return ids, stride
+
+
 def perplexity(
     model: nn.Module,
     token_ids: torch.Tensor,
@@ -44,14 +58,7 @@ def perplexity(
     on_window: Callable[[int, int], None] | None = None,
 ) -> PerplexityResult:
     """exp(mean NLL) of `model` over the 1-D `token_ids`, scored window by window."""
-    stride = stride or window
-    if window < 2 or not 0 < stride <= window:
-        raise BadInputError(f"bad window {window} / stride {stride}", "use window >= 2 and 0 < stride <= window")
-    ids = token_ids.flatten()
-    if max_tokens:
-        ids = ids[:max_tokens]
-    if ids.numel() < 2:
-        raise BadInputError(f"only {ids.numel()} tokens to score", "give a longer evaluation text")
+    ids, stride = scored_ids(token_ids, window, stride, max_tokens)
     device = next(model.parameters()).device
     plan = window_plan(ids.numel(), window, stride)
     total_nll, total_tokens = 0.0, 0
