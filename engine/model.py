@@ -133,6 +133,14 @@ def _save_plain(model: nn.Module, folder: Path) -> None:
     save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
+def not_a_causal_lm(source: object, exc: Exception) -> UnsupportedModelError:
+    """The error for a source transformers cannot load as a causal LM (whole or as a skeleton)."""
+    return UnsupportedModelError(
+        f"{source} is not a causal language model transformers can load: {exc}",
+        "Bitsmith works with decoder-only causal LMs (Llama, Qwen, Mistral, Phi-3, Gemma...)",
+    )
+
+
 def load_model(
     source: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, device: str = "cpu"
 ) -> tuple[nn.Module, object]:
@@ -155,10 +163,7 @@ def load_model(
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     except ValueError as exc:
-        raise UnsupportedModelError(
-            f"{source} is not a causal language model transformers can load: {exc}",
-            "Bitsmith works with decoder-only causal LMs (Llama, Qwen, Mistral, Phi-3, Gemma...)",
-        ) from exc
+        raise not_a_causal_lm(source, exc) from exc
     model.eval()
     return model.to(device), tok
 

@@ -30,7 +30,14 @@ import torch
 from torch import nn
 
 from bitsmith.engine.errors import BadInputError, UnsupportedModelError
-from bitsmith.engine.model import Block, _quiet_transformers, find_blocks, gguf_to_hf_folder, resolve_source
+from bitsmith.engine.model import (
+    Block,
+    _quiet_transformers,
+    find_blocks,
+    gguf_to_hf_folder,
+    not_a_causal_lm,
+    resolve_source,
+)
 from bitsmith.engine.plan import loads_whole, stream_activation_budget
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -288,10 +295,7 @@ def open_streamed(
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     except ValueError as exc:
-        raise UnsupportedModelError(
-            f"{source} is not a causal language model transformers can load: {exc}",
-            "Bitsmith works with decoder-only causal LMs (Llama, Qwen, Mistral, Phi-3, Gemma...)",
-        ) from exc
+        raise not_a_causal_lm(source, exc) from exc
     with contextlib.suppress(OSError, ValueError):
         model.generation_config = GenerationConfig.from_pretrained(folder)
     model.eval()
