@@ -75,7 +75,13 @@ def wheelhouse() -> tuple[Path, bool]:
     """A folder with every wheel the installed app needs; True when llama-cpp-python is among them."""
     WHEELHOUSE.mkdir(parents=True, exist_ok=True)
     wanted = runtime_closure()
-    have = {re.sub(r"[-_.]+", "-", w.name.split("-")[0]).lower() for w in WHEELHOUSE.glob("*.whl")}
+    have = set()
+    for w in WHEELHOUSE.glob("*.whl"):  # the folder is kept between runs: a version not wanted any more goes
+        name, version = re.sub(r"[-_.]+", "-", w.name.split("-")[0]).lower(), w.name.split("-")[1]
+        if name in wanted and version != wanted[name]:
+            w.unlink()
+        else:
+            have.add(name)
     missing = [f"{n}=={v}" for n, v in wanted.items() if n not in have and n != "llama-cpp-python"]
     if missing:
         done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
