@@ -8,13 +8,23 @@ from bitsmith.engine.errors import BadInputError
 from bitsmith.engine.search.layout import search_layout
 from bitsmith.engine.search.measure import cache_key, load_cached, measure_model, save_cached
 
+# Seeded, and reseeded per test, so a test sees the same windows whether run alone or with the others.
+_GEN = torch.Generator().manual_seed(0)
+_BIGRAM = torch.softmax(torch.randn(128, 128, generator=_GEN) * 2.0, dim=-1)
+
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(torch.seed() % 2**31)
+    torch.manual_seed(0)
+    _GEN.manual_seed(1)
     cfg = LlamaConfig(
-        vocab_size=128, hidden_size=96, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128,
+        vocab_size=128,
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
     )
     m = LlamaForCausalLM(cfg)
     # training on a random bigram source puts the model near a minimum of a non-trivial loss,
@@ -28,8 +38,32 @@ def model() -> LlamaForCausalLM:
     return m.eval()
 
 
-_GEN = torch.Generator().manual_seed(torch.seed())
-_BIGRAM = torch.softmax(torch.randn(128, 128, generator=_GEN) * 2.0, dim=-1)
+@pytest.fixture(autouse=True)
+def _same_windows_each_run() -> None:
+    _GEN.manual_seed(2)
+
+
+def _second_order_increase(model: LlamaForCausalLM, windows: list[list[int]], new: dict) -> float:
+    """The loss increase of setting each linear's weight to `new[linear]`, without its first-order part.
+
+    The measurement predicts the curvature term ½·δᵀFδ of a quantization error δ. The tiny test model is not at a
+    minimum of the evaluation windows, so the plain difference L(w+δ) − L(w) also holds a gradient term g·δ of either
+    sign; on about one random model in twelve it cancels the curvature term and the true increase is near zero (CI drew
+    one).
+    The symmetric difference (L(w+δ) + L(w−δ))/2 − L(w) drops that term and keeps the one the measurement estimates.
+    """
+    ids = torch.tensor(windows)
+    old = {lin: lin.weight.data.clone() for lin in new}
+    with torch.no_grad():
+        base = float(model(ids, labels=ids).loss)
+        losses = []
+        for sign in (1, -1):
+            for lin, w in old.items():
+                lin.weight.data = w + sign * (new[lin] - w)
+            losses.append(float(model(ids, labels=ids).loss))
+        for lin, w in old.items():
+            lin.weight.data = w
+    return sum(losses) / 2 - base
 
 
 def _windows(n: int = 4, length: int = 64) -> list[list[int]]:
@@ -60,20 +94,15 @@ def test_predictions_track_true_loss_increase(model: LlamaForCausalLM) -> None:
 
     windows = _windows(8)
     m = measure_model(model, windows, formats=("int2_g64",), method="rtn")
-    ids = torch.tensor(windows)
-    with torch.no_grad():
-        base = float(model(ids, labels=ids).loss)
-        saved = {}
-        for b in find_blocks(model):
-            for lin in b.linears.values():
-                saved[lin] = lin.weight.data.clone()
-                lin.weight.data = dequantize_weight(quantize_weight(lin.weight.data, "int2_g64"))
-        true = float(model(ids, labels=ids).loss) - base
-        for lin, w in saved.items():
-            lin.weight.data = w
+    new = {
+        lin: dequantize_weight(quantize_weight(lin.weight.data, "int2_g64"))
+        for b in find_blocks(model)
+        for lin in b.linears.values()
+    }
+    true = _second_order_increase(model, windows, new)
     predicted = sum(layer.errors["int2_g64"] for layer in m.layers)
     assert true > 0
-    assert 0.2 < predicted / true < 5.0, (predicted, true)
+    assert 1 / 3 < predicted / true < 3.0, (predicted, true)
 
 
 def test_cache_round_trip(tmp_path, model: LlamaForCausalLM) -> None:
@@ -121,7 +150,7 @@ def test_unit_errors_add_up_and_predict_a_channel_mixed_model(model: LlamaForCau
     assert m.unit == 32
     predicted = 0.0
     linears = {f"{b.name}.{n}": lin for b in find_blocks(model) for n, lin in b.linears.items()}
-    saved = {}
+    new = {}
     for layer in m.layers:
         units = -(-layer.in_features // m.unit)
         for f in m.formats:
@@ -131,14 +160,7 @@ def test_unit_errors_add_up_and_predict_a_channel_mixed_model(model: LlamaForCau
         high = {p // m.unit for p in mix.perm[: mix.widths[0]]}
         predicted += sum(layer.group_errors["int4_g32" if u in high else "int2_g32"][u] for u in range(units))
         lin = linears[layer.name]
-        saved[lin] = lin.weight.data.clone()
-        lin.weight.data = ChannelMixLinear.from_linear(lin, mix, "rtn").dequantize()
-    ids = torch.tensor(windows)
-    with torch.no_grad():
-        mixed = float(model(ids, labels=ids).loss)
-        for lin, w in saved.items():
-            lin.weight.data = w
-        base = float(model(ids, labels=ids).loss)
-    true = mixed - base
+        new[lin] = ChannelMixLinear.from_linear(lin, mix, "rtn").dequantize()
+    true = _second_order_increase(model, windows, new)
     assert true > 0
-    assert 0.2 < predicted / true < 5.0, (predicted, true)
+    assert 1 / 3 < predicted / true < 3.0, (predicted, true)
