@@ -108,14 +108,31 @@ def windows_per_pass(
 
 
 @torch.no_grad()
+def window_logits(
+    streamed: StreamedModel,
+    ids: torch.Tensor,
+    *,
+    per_pass: int | None = None,
+    device: torch.device | str = "cpu",
+    check_cancel: Callable[[], None] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Logits [T, V] of each equal-length window of ids [n, T], in order; every block is read once per pass of
+    `per_pass` windows (default: as many as the activation budget holds), so one window's logits exist at a time."""
+    per_pass = per_pass or windows_per_pass(streamed, ids.shape[1])
+    dev = _input_device(streamed)
+    for start in range(0, ids.shape[0], per_pass):
+        part = ids[start : start + per_pass]
+        captured = capture_block_inputs(streamed.model, part, blocks=streamed.blocks)
+        run_blocks(streamed, [captured], device=device, check_cancel=check_cancel)
+        with head_only(streamed) as head:
+            for i in range(part.shape[0]):
+                yield head(part[i : i + 1].to(dev), captured.hidden[i : i + 1].to(dev)).logits[0]
+
+
+@torch.no_grad()
 def streamed_logits(streamed: StreamedModel, ids: torch.Tensor, *, device: torch.device | str = "cpu") -> torch.Tensor:
     """Logits [n, T, V] for equal-length token windows [n, T] (all in one pass: meant for small inputs)."""
-    captured = capture_block_inputs(streamed.model, ids, blocks=streamed.blocks)
-    run_blocks(streamed, [captured], device=device)
-    dev = _input_device(streamed)
-    with head_only(streamed) as head:
-        rows = [head(ids[i : i + 1].to(dev), captured.hidden[i : i + 1].to(dev)).logits for i in range(ids.shape[0])]
-    return torch.cat(rows)
+    return torch.stack(list(window_logits(streamed, ids, per_pass=ids.shape[0], device=device)))
 
 
 @torch.no_grad()

@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="read the decoder blocks from the safetensors files one at a time instead of loading the "
                    "whole model (default: only when the model loaded whole would not fit in RAM)")
+    p.add_argument("--distill-epochs", type=int, default=None, metavar="N",
+                   help="epochs of end-to-end distillation from the full-precision model after calibration "
+                   "(tunes scales and norms; default: the preset's — 2 for best, 0 otherwise)")
     p.add_argument("--json", action="store_true", help="print the job's events as JSON lines")
     p.set_defaults(func=_run)
 
@@ -40,6 +43,6 @@ def _run(args: argparse.Namespace) -> int:
         "source": args.source, "bpw": args.bpw, "out": args.out, "calib": args.calib,
         "eval_text": args.eval_text, "preset": args.preset, "seed": args.seed,
         "trust_remote_code": args.trust_remote_code, "formats": args.formats, "stream": args.stream,
-        "mode": args.mode,
+        "mode": args.mode, "distill_epochs": args.distill_epochs,
     }
     return run_job_cli("quantize", params, json_mode=args.json)

@@ -3,9 +3,13 @@
 `chunked_lm_loss(hidden, weight, targets)` returns the *sum* of the token losses of the scored positions.
 Only scored positions go through the output layer (prompt tokens of instruction data cost nothing there).
 The forward computes, chunk by chunk, the logits (fp32), the loss and the gradient to the hidden states,
-(softmax - onehot) @ W, and keeps only that gradient ([T, H], the size of the hidden states); the output
+(softmax - target) @ W, and keeps only that gradient ([T, H], the size of the hidden states); the output
 layer is frozen, so its weight needs no gradient. Backward just scales the stored gradient: the logits are
 computed once, not recomputed. Peak extra memory: one chunk of logits, chunk × vocab × 4 bytes × 2.
+
+The target is one token per position (a label: Q-SFT) or a distribution over k tokens per position, given as
+their ids and probabilities summing to 1 (a teacher's top k: end-to-end distillation, engine/calibrate/e2e.py).
+A label is the k = 1 case with probability 1, so both run the same arithmetic.
 """
 
 from __future__ import annotations
@@ -25,23 +29,24 @@ def chunk_tokens(vocab: int, budget: int = LOGIT_BUDGET) -> int:
 
 class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk, softcap, compute_dtype):  # noqa: ANN001, ANN205
+    def forward(ctx, hidden, weight, targets, target_probs, chunk, softcap, compute_dtype):  # noqa: ANN001, ANN205
         need_grad = ctx.needs_input_grad[0]
         weight = weight.to(compute_dtype or weight.dtype)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad = torch.zeros_like(hidden) if need_grad else None
         for i in range(0, hidden.shape[0], chunk):
             h = hidden[i: i + chunk]
-            t = targets[i: i + chunk]
+            t = targets[i: i + chunk]  # [c, k] token ids
+            p = target_probs[i: i + chunk]  # [c, k] their probabilities (each row sums to 1)
             logits = (h.to(weight.dtype) @ weight.t()).to(torch.float32)
             if softcap:
                 capped = torch.tanh(logits / softcap)
                 logits = capped * softcap
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            total += (lse - (p * logits.gather(1, t)).sum(1)).sum()
             if need_grad:
                 probs = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place of the logits
-                probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                probs.scatter_add_(1, t, -p)
                 if softcap:
                     probs.mul_(1.0 - capped.square())
                 grad[i: i + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
@@ -51,21 +56,28 @@ class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205 - autograd signature
         (grad,) = ctx.saved_tensors
-        return (grad * g.to(grad.dtype) if grad is not None else None), None, None, None, None, None
+        return (grad * g.to(grad.dtype) if grad is not None else None), None, None, None, None, None, None
 
 
 def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                    chunk: int | None = None, softcap: float | None = None,
+                    target_probs: torch.Tensor | None = None, chunk: int | None = None, softcap: float | None = None,
                     compute_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Sum of cross-entropy over positions with targets != IGNORE; hidden [..., H], targets [...], weight [V, H].
+    """Sum of cross-entropy over the scored positions; hidden [..., H], weight [V, H].
 
+    Labels: targets [...], positions with IGNORE are not scored. A distribution: targets [..., k] token ids and
+    target_probs [..., k] their probabilities (rows summing to 1), every position scored.
     `compute_dtype` is the dtype of the output-layer products (default: the weight's); softmax is fp32.
     """
     h = hidden.reshape(-1, hidden.shape[-1])
-    t = targets.reshape(-1)
-    keep = t != IGNORE
-    h, t = h[keep], t[keep]
+    if target_probs is None:
+        t = targets.reshape(-1)
+        keep = t != IGNORE
+        h, t = h[keep], t[keep, None]
+        p = torch.ones(t.shape, dtype=torch.float32, device=t.device)
+    else:
+        t = targets.reshape(h.shape[0], -1).long()
+        p = target_probs.reshape(t.shape).float()
     if t.numel() == 0:
         return hidden.sum() * 0.0
-    return _ChunkedLoss.apply(h, weight.detach(), t, chunk or chunk_tokens(weight.shape[0]), softcap or 0.0,
+    return _ChunkedLoss.apply(h, weight.detach(), t, p, chunk or chunk_tokens(weight.shape[0]), softcap or 0.0,
                               compute_dtype)

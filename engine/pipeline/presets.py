@@ -25,6 +25,9 @@ class Preset:
     eval_window: int
     formats: tuple[str, ...] = ("int4_g128", "int2_g64")
     cpu_calib_overrides: tuple[tuple[str, int], ...] = ()
+    distill_epochs: int = 0  # end-to-end distillation after calibration (engine/calibrate/e2e.py); 0: none
+    distill_samples: int = 32  # its training windows (plus DistillConfig.val_samples held out)
+    distill_seq_len: int = 512
 
     def to_dict(self) -> dict:
         """JSON-ready (recorded in bitsmith.json's recipe)."""
@@ -44,7 +47,9 @@ PRESETS = {
     # they took 4.0 bpw from 1.24x to 1.08x the full-precision perplexity; the demo keeps the faster pair
     "default": Preset("default", 16, 512, "rtn", "default", eval_tokens=32768, eval_window=512,
                       formats=QUALITY_FORMATS),
-    "best": Preset("best", 32, 1024, "rtn", "best", eval_tokens=0, eval_window=1024, formats=QUALITY_FORMATS),
+    # best adds end-to-end distillation (docs/benchmarks/distill.md): on a CPU it costs about as much as calibration
+    "best": Preset("best", 32, 1024, "rtn", "best", eval_tokens=0, eval_window=1024, formats=QUALITY_FORMATS,
+                   distill_epochs=2),
 }
 
 

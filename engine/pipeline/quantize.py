@@ -93,6 +93,9 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     preset: Preset = get_preset(_param(params, "preset", str, "default"))
     if params.get("formats"):
         preset = dataclasses.replace(preset, formats=candidate_formats(params["formats"]))
+    if params.get("distill_epochs") is not None:
+        preset = dataclasses.replace(preset, distill_epochs=_param(params, "distill_epochs", int))
+    distill_settings(preset)  # a bad setting is an error now, not after calibration
     calib_source = _param(params, "calib", str, "stdlib")
     eval_source = _param(params, "eval_text", str, "stdlib:heldout")
     seed = _param(params, "seed", int, 0)
@@ -156,8 +159,12 @@ def run_quantize(ctx: JobContext, params: dict[str, Any]) -> Path:
     (partial / "layout.json").write_text(json.dumps(layout.formats, indent=1))
     plan = plan_layout(measurement, layout.formats) if mode == "channel-mix" else layout.formats
 
+    teacher = _teacher(ctx, model, calib_ids, preset, partial, seed, streamed)
+
     ctx.stage("calibrate", total=None)
     summary = _calibrate(ctx, model, tok, calib_ids, plan, preset, partial, seed, streamed)
+    if teacher is not None:
+        summary = {**summary, "distill": _distill(ctx, model, teacher, preset)}
 
     ctx.stage("evaluate", total=1)
     q = perplexity(model, held, preset.eval_window).to_dict()
@@ -286,6 +293,59 @@ def _calibrate(ctx, model, tok, calib_ids, formats, preset: Preset, partial: Pat
     if streamed is not None and not streamed.is_complete():
         raise RuntimeError("streamed calibration left weights unread")  # every block is visited: a bug if reached
     return result if isinstance(result, dict) else getattr(result, "to_dict", lambda: {})()
+
+
+def distill_settings(preset: Preset):
+    """The DistillConfig of a preset (its epochs; the other settings are DistillConfig's defaults)."""
+    from bitsmith.engine.calibrate.e2e import DistillConfig
+
+    return DistillConfig(epochs=preset.distill_epochs)
+
+
+def _teacher(ctx: JobContext, model: Any, calib_ids: list[int], preset: Preset, partial: Path, seed: int,
+             streamed: Any = None) -> Any:
+    """The full-precision model's top-k distribution on the distillation windows (None when the preset does not
+    distil), computed before calibration changes the model and kept in `partial` for a resumed run."""
+    if preset.distill_epochs < 1:
+        return None
+    from bitsmith.engine.calibrate.e2e import load_teacher, model_logit_rows, save_teacher, teacher_targets
+    from bitsmith.engine.stream_forward import window_logits
+
+    config = distill_settings(preset)
+    ids = torch.tensor(token_windows(calib_ids, preset.distill_samples + config.val_samples, preset.distill_seq_len,
+                                     seed=seed + 2))
+    path = partial / "teacher.safetensors"
+    teacher = load_teacher(path, ids, config.top_k)
+    if teacher is not None:
+        ctx.log(f"using the teacher distribution saved in {path.name}")
+        return teacher
+    ctx.stage("teacher", total=ids.shape[0])
+    done = [0]
+
+    def rows():
+        rows_of = model_logit_rows(model, ids) if streamed is None else window_logits(
+            streamed, ids, check_cancel=ctx.check_cancel)
+        for logits in rows_of:
+            yield logits
+            done[0] += 1
+            ctx.progress(done[0], ids.shape[0])
+
+    teacher = teacher_targets(ids, rows(), config.top_k, check_cancel=ctx.check_cancel)
+    save_teacher(path, teacher)
+    return teacher
+
+
+def _distill(ctx: JobContext, model: Any, teacher: Any, preset: Preset) -> dict:
+    """End-to-end distillation of the calibrated model (engine/calibrate/e2e.py); its report for the recipe."""
+    from bitsmith.engine.calibrate.e2e import distill
+
+    config = distill_settings(preset)
+    ctx.stage("distill", total=None)
+    report = distill(model, teacher, config, on_progress=lambda done, total: ctx.progress(done, total),
+                     check_cancel=ctx.check_cancel, log=ctx.log)
+    if report.kept:
+        ctx.log(f"distillation: held-out loss {report.val_before:.4f} → {report.val_after:.4f} in {report.steps} steps")
+    return {**config.to_dict(), **report.to_dict()}
 
 
 @job("quantize")

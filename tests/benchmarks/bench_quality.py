@@ -165,7 +165,8 @@ def quantize_autoround(
 
 
 # -- Bitsmith through its command line ------------------------------------------------------------
-def reuse_saved(out: Path, bpw: float, preset: str, formats: tuple[str, ...], seed: int) -> dict | None:
+def reuse_saved(out: Path, bpw: float, preset: str, formats: tuple[str, ...], seed: int,
+                distill_epochs: int = 0) -> dict | None:
     """The job fields of a finished folder at `out` made by the same recipe (--reuse), or None.
 
     For a benchmark process that stopped after its quantize job had saved: the folder is evaluated instead of
@@ -179,7 +180,8 @@ def reuse_saved(out: Path, bpw: float, preset: str, formats: tuple[str, ...], se
     recipe, metrics = meta.get("recipe", {}), meta.get("metrics", {})
     same = (recipe.get("budget_bpw") == bpw and recipe.get("preset", {}).get("name") == preset
             and recipe.get("seed") == seed and meta.get("format_version") == FORMAT_VERSION
-            and (not formats or tuple(recipe.get("preset", {}).get("formats", ())) == formats))
+            and (not formats or tuple(recipe.get("preset", {}).get("formats", ())) == formats)
+            and recipe.get("preset", {}).get("distill_epochs", 0) == distill_epochs)
     if not same:
         return None
     return {"command": f"(reused {out.name}: quantized by an earlier run of this benchmark)", "returncode": 0,
@@ -189,7 +191,7 @@ def reuse_saved(out: Path, bpw: float, preset: str, formats: tuple[str, ...], se
 
 
 def run_bitsmith(source: str, bpw: float, preset: str, out: Path, home: Path, threads: int, seed: int,
-                 formats: tuple[str, ...] = ()) -> dict:
+                 formats: tuple[str, ...] = (), distill_epochs: int | None = None) -> dict:
     """Run `bitsmith quantize` in a subprocess with cold caches; its result event, stage times and CPU time."""
     shutil.rmtree(out, ignore_errors=True)
     # a fresh home per run: every budget pays its own measurement, as a first run would; only the GGUF
@@ -205,6 +207,8 @@ def run_bitsmith(source: str, bpw: float, preset: str, out: Path, home: Path, th
            "--preset", preset, "--calib", "stdlib", "--eval-text", "stdlib:heldout", "--seed", str(seed), "--json"]
     if formats:
         cmd[-1:-1] = ["--formats", ",".join(formats)]
+    if distill_epochs is not None:
+        cmd[-1:-1] = ["--distill-epochs", str(distill_epochs)]
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     stages: list[list] = []
@@ -244,6 +248,13 @@ def bitsmith_min_bpw(model: torch.nn.Module, formats: tuple[str, ...]) -> float:
     return min(layout_bpw(model, dict.fromkeys(block_linears(model), f)) for f in formats)
 
 
+def bitsmith_distill_epochs(args: argparse.Namespace) -> int:
+    """Bitsmith's end-to-end distillation epochs: --distill-epochs, else the preset's."""
+    from bitsmith.engine.pipeline.presets import get_preset
+
+    return get_preset(args.preset).distill_epochs if args.distill_epochs is None else args.distill_epochs
+
+
 def bitsmith_formats(args: argparse.Namespace) -> tuple[str, ...]:
     """The candidate formats of Bitsmith's search: --formats, else the preset's."""
     from bitsmith.engine.pipeline.presets import get_preset
@@ -271,7 +282,7 @@ def run_key(rec: dict) -> tuple:
     """What makes two records the same measurement (used to skip finished runs)."""
     formats = tuple(rec.get("formats") or LEGACY_FORMATS) if rec["method"] == "bitsmith" else None
     return (rec["model"], rec["method"], rec.get("budget"), rec.get("preset"), rec["eval_tokens"], rec["window"],
-            rec["seed"], formats)
+            rec["seed"], formats, rec.get("distill_epochs", 0) if rec["method"] == "bitsmith" else None)
 
 
 def read_records(path: Path | None) -> list[dict]:
@@ -327,12 +338,16 @@ def measure_one(args: argparse.Namespace, method: str, budget: float | None, ctx
                 target = float(f"{low + 5e-5:.4f}")
                 rec["note"] = f"{budget:g} bpw is below the smallest layout ({low:.4f} bpw): ran at that"
             rec["ran_at_bpw"] = target
-            out = Path(args.work) / f"bitsmith-{args.preset}-{budget:g}-{'-'.join(formats)}"
+            distill = bitsmith_distill_epochs(args)
+            if distill:
+                rec["distill_epochs"] = distill
+            name = f"bitsmith-{args.preset}-{budget:g}-{'-'.join(formats)}" + (f"-d{distill}" if distill else "")
+            out = Path(args.work) / name
             out.parent.mkdir(parents=True, exist_ok=True)
             wanted = tuple(args.formats.split(",")) if args.formats else ()
-            reused = reuse_saved(out, target, args.preset, formats, args.seed) if args.reuse else None
+            reused = reuse_saved(out, target, args.preset, formats, args.seed, distill) if args.reuse else None
             rec.update(reused or run_bitsmith(args.source, target, args.preset, out, Path(args.home), args.threads,
-                                              args.seed, wanted))
+                                              args.seed, wanted, args.distill_epochs))
             if "error" in rec:
                 return {**rec, "status": "error"}
             from bitsmith.engine.quant.store import load_quantized, model_bpw
@@ -344,6 +359,8 @@ def measure_one(args: argparse.Namespace, method: str, budget: float | None, ctx
             for fmt in saved.meta["layout"].values():
                 counts[fmt] = counts.get(fmt, 0) + 1
             rec["format"] = " + ".join(f"{n}× {f}" for f, n in sorted(counts.items(), reverse=True))
+            if distill:
+                rec["format"] += f"; then distilled end to end ({distill} epochs)"
             rec["bpw_counting"] = "exact storage of the saved folder: packed codes + fp16 scales + integer zeros"
         elif method != "fp":
             bits, group = PEER_FORMATS[budget][method]
@@ -437,6 +454,8 @@ def _verdict(budget: float, mine: dict | None, peers: list[dict], fp: dict | Non
     if mine is None or mine.get("status") != "ok" or fp is None:
         return f"| {budget:.1f} | – | – | – | no Bitsmith result |"
     formats = ", ".join(mine.get("formats") or LEGACY_FORMATS)
+    if mine.get("distill_epochs"):
+        formats += f"; distilled ({mine['distill_epochs']} epochs)"
     ratio = mine["ppl"] / fp["ppl"]
     target = TARGET_RATIO.get(budget)
     target_txt = f"≤ {target}× → {'**met**' if ratio <= target else '**missed**'}" if target else "no target"
@@ -516,6 +535,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--preset", default="demo", choices=("demo", "default", "best"), help="Bitsmith's preset")
     p.add_argument("--formats", default="", help="Bitsmith candidate formats, a,b,... (default: the preset's)")
+    p.add_argument("--distill-epochs", type=int, default=None,
+                   help="Bitsmith's end-to-end distillation epochs (default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens scored (stdlib:heldout)")
     p.add_argument("--window", type=int, default=512, help="perplexity window (disjoint windows)")
     p.add_argument("--seed", type=int, default=0)
