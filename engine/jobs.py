@@ -148,6 +148,7 @@ class JobContext:
         self._clock = clock
         self.progress_interval_s = progress_interval_s
         self._stage: str | None = None
+        self._top: str | None = None  # the stage last started with stage(): parent of the parts progress() starts
         self._stage_total: int | None = None
         self._t0 = 0.0
         self._done0 = 0
@@ -183,18 +184,28 @@ class JobContext:
 
     def stage(self, name: str, total: int | None = None, done: int = 0) -> None:
         """Start a named stage of `total` steps; `done` > 0 when resuming part-way (keeps the ETA honest)."""
+        self._top = name
+        self._start(name, total, done)
+
+    def _start(self, name: str, total: int | None, done: int = 0, parent: str | None = None) -> None:
         self._stage, self._stage_total = name, total
         self._t0, self._done0 = self._clock(), done
         self._last_progress_t = None
-        self._emit({"event": "stage", "stage": name, "total": total})
+        event: Event = {"event": "stage", "stage": name, "total": total}
+        if parent is not None:
+            event["parent"] = parent
+        self._emit(event)
 
     def progress(self, done: int, total: int | None = None, stage: str | None = None) -> None:
         """Report `done` of `total` steps in the current stage; the ETA comes from the rate so far.
 
-        Updates closer together than progress_interval_s are dropped, except the first and the last.
+        A `stage` other than the one stage() started is a part of it (e.g. "capture" inside "calibrate"): its
+        stage event names that stage as its "parent", so a reader knows the parent is still running. Naming the
+        parent again says the part is over and the parent goes on. Updates closer together than
+        progress_interval_s are dropped, except the first and the last.
         """
         if stage is not None and stage != self._stage:
-            self.stage(stage, total)
+            self._start(stage, total, parent=self._top if self._top not in (None, stage) else None)
         if self._stage is None:  # progress without a stage: time from the first report
             self._stage, self._t0, self._done0 = "", self._clock(), done
         if total is None:

@@ -6,13 +6,13 @@ It reads ONE JSON request — the first line of stdin, or the file given as the 
 
 and writes JSON lines to stdout (shared/DESIGN.md §4), one event per line, flushed at once:
 
-    {"event": "stage", "stage": "...", "total": 30}
+    {"event": "stage", "stage": "...", "total": 30}       (a part of a stage adds "parent": that stage's name)
     {"event": "progress", "stage": "...", "done": 12, "total": 30, "eta_s": 95.0}   (eta_s may be null)
     {"event": "metric", "name": "ppl", "value": 23.4, ...}
     {"event": "log", "level": "info", "message": "..."}                 (levels: debug/info/warning/error)
     {"event": "token", "text": "..."}
     {"event": "artifact", "kind": "model", "path": "..."}
-    {"event": "error", "kind": "bad_input", "message": "...", "hint": "..."}
+    {"event": "error", "kind": "bad_input", "message": "...", "hint": "..."}   (some kinds add fields: see errors.py)
     {"event": "done", "status": "ok" | "error" | "cancelled"}
 
 Every run ends with exactly one `done` event; when it ends badly an `error` event comes right before it.
@@ -373,9 +373,10 @@ def execute(
                 kind, message, hint = _classify(exc)
                 if not hint:
                     hint = f"this looks like a bug in Bitsmith; the full traceback is in {run.log_path}"
-                error = {"event": "error", "kind": kind, "message": message, "hint": hint}
+                details = exc.details() if isinstance(exc, BitsmithError) else {}
+                error = {**details, "event": "error", "kind": kind, "message": message, "hint": hint}
                 run.emit(error)
-                code = EXIT_BAD_INPUT if kind == "bad_input" else EXIT_FAILED
+                code = EXIT_BAD_INPUT if isinstance(exc, BadInputError) or kind == "bad_input" else EXIT_FAILED
                 run.finish("error", code, error)
                 return code
             run.finish("ok", EXIT_OK)

@@ -7,13 +7,19 @@ run step shows
 the worker's stages, progress, ETA and log; the results step reads the finished folder's bitsmith.json
 (model_summary) and offers chat, GGUF export and the folder. Running the same output again resumes: the
 engine keeps per-block checkpoints next to the output. A quantization left unfinished by a closed window, a crash or
-a cancel is found in the jobs folder when the wizard opens, and offered for resuming on its first step.
+a cancel is found in the jobs folder when the wizard opens, and offered for resuming on its first step. When the
+output's checkpoint belongs to another run (the engine's foreign_checkpoint error), the run step offers to start over
+(delete that checkpoint folder, after asking) or to save elsewhere. The budget step's Advanced options choose the
+layout search mode and how the model is loaded (quantize_options.py). A stage's row is marked done only when the
+engine starts the next stage or finishes; the parts of a stage (its stage events name it as "parent", e.g. capture
+inside calibrate) show as indented rows under it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -50,6 +57,7 @@ from ..charts import LayoutChart, LineChart
 from ..qtjob import QtJob
 from ..services import DEFAULT_BPW_KEY, default_budget
 from . import quantize_budget as qb
+from .quantize_options import AdvancedOptions
 
 STEPS = ("Model", "Hardware", "Budget", "Run", "Results")
 PRESETS = (("demo", "Demo — a few minutes, rough"), ("default", "Default — balanced"),
@@ -100,6 +108,34 @@ def partial_folder(out: str | Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
+def checkpoint_folder(out: str | Path) -> Path:
+    """The calibration checkpoint folder of `out`, where the engine puts it (the output path resolved)."""
+    return partial_folder(Path(out).expanduser().resolve()) / "calibrate"
+
+
+def delete_checkpoint(out: str | Path, reported: str | None = None) -> Path:
+    """Delete the calibration checkpoint folder of `out` and nothing else; ValueError, deleting nothing, when the
+    engine reported another folder or the folder is a link. Returns the folder."""
+    folder = checkpoint_folder(out)
+    if reported is not None and Path(reported).expanduser().resolve() != folder:
+        raise ValueError(f"{reported} is not the calibration checkpoint folder of {out}")
+    if folder.is_symlink():
+        raise ValueError(f"{folder} is a link, not a checkpoint folder")
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    return folder
+
+
+def unused_output(out: str | Path) -> Path:
+    """`out`, or `out` with -2, -3 … appended: the first with neither a folder nor unfinished work of its own."""
+    out = Path(out).expanduser()
+    candidate, n = out, 1
+    while candidate.exists() or partial_folder(candidate).exists():
+        n += 1
+        candidate = out.with_name(f"{out.name}-{n}")
+    return candidate
+
+
 def calibration_progress(out: str | Path) -> tuple[int, int | None]:
     """(blocks calibrated, blocks in the layout or None) of an unfinished quantization of `out`, from its files."""
     partial = partial_folder(out)
@@ -139,14 +175,17 @@ def unfinished_quantize(jobs_dir: Path, skip: set[str] | frozenset[str] = frozen
 
 
 class StageRow(QWidget):
-    """One pipeline stage: its name, a progress bar and the ETA."""
+    """One pipeline stage, or a part of one (indented under it): its name, a progress bar and the ETA."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, parent_stage: str | None = None) -> None:
         super().__init__()
+        self.parent_stage = parent_stage
         row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
-        self.name = QLabel(name)
-        self.name.setMinimumWidth(170)
+        indent = 20 if parent_stage else 0
+        row.setContentsMargins(indent, 0, 0, 0)
+        short = name.removeprefix(f"{parent_stage}-") if parent_stage else name  # measure-fisher → fisher
+        self.name = QLabel(short or name)
+        self.name.setMinimumWidth(170 - indent)
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
         self.eta = QLabel("")
@@ -173,6 +212,11 @@ class StageRow(QWidget):
         self.bar.setFormat("done")
         self.eta.setText("")
 
+    @property
+    def done(self) -> bool:
+        """Whether the row is marked finished."""
+        return self.bar.format() == "done" and self.bar.value() == self.bar.maximum() == 1
+
 
 class QuantizePage(QWidget):
     """The wizard (see the module docstring)."""
@@ -192,6 +236,8 @@ class QuantizePage(QWidget):
         self.curve_basis = ""  # what the engine says the predicted curve rests on
         self.summary: dict[str, Any] | None = None
         self.stage_rows: dict[str, StageRow] = {}
+        self._current_stage: str | None = None  # the running stage, and the part of it running (capture in calibrate)
+        self._current_part: str | None = None
         self._out_edited = False
         self._loading = False
         self._bpw_chosen = False  # False: the budget follows the Settings page's default
@@ -411,13 +457,19 @@ class QuantizePage(QWidget):
         form.addRow("Effort", self.preset_combo)
         out_row = QHBoxLayout()
         self.out_edit = QLineEdit()
-        self.out_edit.textEdited.connect(lambda _t: setattr(self, "_out_edited", True))
+        self.out_edit.textEdited.connect(self._out_typed)
         out_browse = QPushButton("…")
         out_browse.clicked.connect(self._browse_out)
         out_row.addWidget(self.out_edit, 1)
         out_row.addWidget(out_browse)
         form.addRow("Save to", out_row)
+        self.out_edit.setAccessibleName("Save to")
+        self.out_note = _muted("")
+        self.out_note.setVisible(False)
+        form.addRow("", self.out_note)
         v.addLayout(form)
+        self.advanced = AdvancedOptions()
+        v.addWidget(self.advanced)
         self.budget_curve = LineChart("", "bits per weight", "")
         v.addWidget(self.budget_curve, 1)
         v.addStretch(0)
@@ -438,7 +490,10 @@ class QuantizePage(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(holder)
-        scroll.setMaximumHeight(240)
+        scroll.setMinimumHeight(200)  # several rows at once, not the two its size hint would give
+        scroll.setMaximumHeight(300)
+        self.stages_scroll = scroll
+        scroll.verticalScrollBar().rangeChanged.connect(lambda _lo, _hi: self._reveal())
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         v.addWidget(scroll)
         self.log_view = QPlainTextEdit()
@@ -454,8 +509,19 @@ class QuantizePage(QWidget):
         self.resume_button.setToolTip("Run the same job again: it continues from its last checkpoint")
         self.resume_button.clicked.connect(self.start)
         self.resume_button.setVisible(False)
+        self.start_over_button = QPushButton("Start over")
+        self.start_over_button.setToolTip("Delete the other run's calibration checkpoint (after asking) and run again "
+                                          "from the beginning")
+        self.start_over_button.clicked.connect(self.start_over)
+        self.other_folder_button = QPushButton("Choose another folder")
+        self.other_folder_button.setToolTip("Keep that checkpoint and save this model in another folder")
+        self.other_folder_button.clicked.connect(self.choose_another_folder)
+        self._foreign: dict[str, Any] | None = None  # the foreign_checkpoint error the run step is showing
         row.addWidget(self.cancel_button)
         row.addWidget(self.resume_button)
+        row.addWidget(self.start_over_button)
+        row.addWidget(self.other_folder_button)
+        self._show_foreign(None)
         row.addStretch(1)
         v.addLayout(row)
         return page
@@ -868,6 +934,7 @@ class QuantizePage(QWidget):
             self.preset_combo.blockSignals(True)
             self.preset_combo.setCurrentIndex(index)
             self.preset_combo.blockSignals(False)
+        self.advanced.set_params(params)
         self._bpw_chosen = True
         self._set_bpw(float(params["bpw"]))  # what the budget step shows if the user goes back to it
         self.resume_box.setVisible(False)
@@ -891,7 +958,7 @@ class QuantizePage(QWidget):
     def job_params(self) -> dict[str, Any]:
         """The quantize request the budget step describes."""
         return {"source": self.source, "bpw": self.bpw(), "out": self.out_edit.text().strip(),
-                "preset": self.preset_combo.currentData()}
+                "preset": self.preset_combo.currentData(), **self.advanced.params()}
 
     def start(self) -> None:
         """Start (or resume: same output) the quantize job and show the run step."""
@@ -912,7 +979,9 @@ class QuantizePage(QWidget):
         self.stage_rows.clear()
         self.metrics, self.result, self.summary = {}, None, None
         self.log_view.clear()
-        self._current_stage: str | None = None
+        self._current_stage = self._current_part = None
+        self._show_foreign(None)
+        self.out_note.setVisible(False)
         resumed = partial_folder(self.params["out"]).is_dir() and not (Path(self.params["out"]) /
                                                                         "bitsmith.json").is_file()
         blocks, total = calibration_progress(self.params["out"]) if resumed else (0, None)
@@ -943,27 +1012,117 @@ class QuantizePage(QWidget):
             self.cancel_button.setEnabled(False)
             self.run_status.setText("Stopping at the next checkpoint…")
 
-    def _row(self, stage: str) -> StageRow:
+    # -- a checkpoint of another run in the output's folder -------------------------------------------
+    def _show_foreign(self, err: dict[str, Any] | None) -> None:
+        """Offer Start over / Choose another folder for a foreign_checkpoint error (None: hide them)."""
+        self._foreign = err
+        for b in (self.start_over_button, self.other_folder_button):
+            b.setVisible(err is not None)
+        if err is None or self.params is None:
+            return
+        out = self.params["out"]
+        self.resume_button.setVisible(False)  # trying again meets the same checkpoint
+        self.run_title.setText("The output folder holds another quantization's unfinished work")
+        folder = checkpoint_folder(out)
+        reported = err.get("folder")
+        ours = reported is None or Path(str(reported)).expanduser().resolve() == folder
+        self.start_over_button.setVisible(ours)
+        if ours:
+            self.run_status.setText(
+                f"The calibration checkpoint in {folder} was made by a different quantization (another model, budget, "
+                "layout or settings), so this one cannot continue from it. Start over deletes that checkpoint and "
+                f"calibrates from the beginning; Choose another folder keeps it and saves this model elsewhere than "
+                f"{Path(out).name}.")
+        else:  # not where this output keeps its checkpoint: never delete what the wizard did not make
+            self.run_status.setText(f"{err.get('message', '')}. Choose another folder to save this model elsewhere.")
+
+    def start_over(self) -> None:
+        """After asking, delete the output's calibration checkpoint (only that folder) and run again."""
+        if self._foreign is None or self.params is None or (self.job is not None and self.job.running):
+            return
+        folder = checkpoint_folder(self.params["out"])
+        answer = QMessageBox.question(
+            self, "Start over",
+            f"Delete the calibration checkpoint in\n{folder}?\n\nThe blocks the other quantization calibrated "
+            "there are lost; nothing else is deleted.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        try:
+            delete_checkpoint(self.params["out"], self._foreign.get("folder"))
+        except (OSError, ValueError) as exc:
+            self.run_status.setText(f"Could not delete {folder}: {exc}. Choose another folder instead.")
+            self.start_over_button.setVisible(False)
+            return
+        self.start()
+        self.log_view.appendPlainText(f"[info] deleted the other run's checkpoint {folder}; starting over")
+        self.run_status.setText("Starting over: the other quantization's checkpoint was deleted…")
+
+    def choose_another_folder(self) -> None:
+        """Back to the budget step with a new, unused output folder suggested in Save to, ready to change."""
+        if self.params is None:
+            return
+        old = self.params["out"]
+        self._out_edited = True
+        self.out_edit.setText(str(unused_output(old)))
+        self.go(2)
+        self.out_note.setText(f"{old} keeps the other quantization's checkpoint. A new folder is suggested here; "
+                              "change it if you like, then press Start quantizing.")
+        self.out_note.setVisible(True)
+        self.out_edit.setFocus()
+        self.out_edit.selectAll()
+
+    def _out_typed(self, _text: str) -> None:
+        self._out_edited = True
+        self.out_note.setVisible(False)
+
+    def _row(self, stage: str, parent: str | None = None) -> StageRow:
         if stage not in self.stage_rows:
-            row = StageRow(stage)
+            row = StageRow(stage, parent)
             self.stages_box.addWidget(row)
             self.stage_rows[stage] = row
         return self.stage_rows[stage]
 
-    def _enter_stage(self, stage: str, total: int | None) -> None:
+    def _reveal(self) -> None:
+        """Keep the running stage's row in view (called again when a new row makes the list longer)."""
+        row = self.stage_rows.get(self._current_part or self._current_stage or "")
+        if row is not None:
+            self.stages_scroll.ensureWidgetVisible(row)
+
+    def _finish_part(self) -> None:
+        if self._current_part:
+            self.stage_rows[self._current_part].complete()
+        self._current_part = None
+
+    def _enter_stage(self, stage: str, total: int | None, parent: str | None = None) -> None:
+        """A stage starts; the one before it is done only if this is not a part of it (the engine names the stage a
+        part belongs to as its parent; the parent named again means its part is over, not the parent)."""
+        if parent:
+            if parent != self._current_stage:
+                self._enter_stage(parent, None)
+            if self._current_part != stage:
+                self._finish_part()
+            self._current_part = stage
+            self._row(stage, parent).set_progress(0, total)
+            self._reveal()
+            self.run_status.setText(f"Stage: {parent} ({stage.removeprefix(parent + '-')})")
+            return
+        self._finish_part()
         if self._current_stage and self._current_stage != stage:
             self.stage_rows[self._current_stage].complete()
         self._current_stage = stage
         self._row(stage).set_progress(0, total)
+        self._reveal()
         self.run_status.setText(f"Stage: {stage}")
 
     def _on_event(self, ev: dict) -> None:
         kind = ev.get("event")
         if kind == "stage":
-            self._enter_stage(str(ev.get("stage") or ""), ev.get("total"))
+            parent = ev.get("parent")
+            self._enter_stage(str(ev.get("stage") or ""), ev.get("total"), str(parent) if parent else None)
         elif kind == "progress":
             stage = str(ev.get("stage") or "")
-            if stage != self._current_stage:
+            if stage not in (self._current_stage, self._current_part):
                 self._enter_stage(stage, ev.get("total"))
             self._row(stage).set_progress(ev.get("done"), ev.get("total"), ev.get("eta_s"))
         elif kind == "log":
@@ -990,6 +1149,7 @@ class QuantizePage(QWidget):
         status = done.get("status")
         self.cancel_button.setVisible(False)
         if self._current_stage and status == "ok":
+            self._finish_part()
             self.stage_rows[self._current_stage].complete()
         if status == "ok" and self.result is not None:
             self.run_status.setText(f"Finished in {qb.format_eta(time.monotonic() - self._started)}.")
@@ -1003,6 +1163,9 @@ class QuantizePage(QWidget):
                                     "far is lost.")
         else:
             err = self.job.errors[-1] if self.job and self.job.errors else {}
+            if err.get("kind") == "foreign_checkpoint":
+                self._show_foreign(err)
+                return
             self.run_title.setText("The job stopped with an error")
             self.run_status.setText(f"{err.get('message', 'the worker ended unexpectedly')}. "
                                     f"{err.get('hint', '')} Press Resume to try again from the last checkpoint.")
@@ -1135,7 +1298,10 @@ class QuantizePage(QWidget):
                 return self.resume_unfinished_button
             return self.model_group.checkedButton() or self.bundled_radio
         if step == 3:
-            return self.cancel_button if self.cancel_button.isVisible() else self.resume_button
+            for button in (self.cancel_button, self.resume_button, self.start_over_button, self.other_folder_button):
+                if button.isVisible():
+                    return button
+            return self.resume_button
         if step == 4:
             return self.chat_button
         return self.next_button

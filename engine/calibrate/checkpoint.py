@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bitsmith.engine.errors import BadInputError, DiskFullError
+from bitsmith.engine.errors import BadInputError, DiskFullError, ForeignCheckpointError
 
 VERSION = 1
 PROGRESS = "progress.json"
@@ -59,7 +59,7 @@ def fingerprint(parts: Mapping[str, Any]) -> str:
 
 
 def read_progress(folder: Path, expected: str) -> dict[str, Any]:
-    """The saved progress (blocks_done 0 when the folder is new); BadInputError if it is another run's."""
+    """The saved progress (blocks_done 0 when the folder is new); ForeignCheckpointError if it is another run's."""
     path = folder / PROGRESS
     if not path.is_file():
         return {"version": VERSION, "fingerprint": expected, "blocks_done": 0, "reports": []}
@@ -68,10 +68,11 @@ def read_progress(folder: Path, expected: str) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         raise BadInputError(f"cannot read calibration checkpoint {path}: {exc}", hint="delete the folder") from exc
     if data.get("version") != VERSION or data.get("fingerprint") != expected:
-        raise BadInputError(
+        raise ForeignCheckpointError(
             f"the calibration checkpoint in {folder} belongs to a different run "
             "(another model, layout, calibration data or settings)",
             hint="use a new checkpoint folder, or delete this one to start over",
+            folder=folder,
         )
     return data
 

@@ -178,6 +178,7 @@ def main() -> int:
         print("the bundled model's shape could not be read within 60 s", file=sys.stderr)
     quantize.next()
     quantize.preset_buttons[2.5].click()
+    quantize.advanced.toggle.setChecked(True)  # the layout search and loading choices, at their defaults
 
     models = window.page("models")  # a search as a user would type it, with fit badges for this machine
     window.show_page("models")

@@ -38,6 +38,8 @@ def test_quantize_then_eval_reproduces_the_recorded_perplexity(tiny_model_dir: P
         assert name in stages
     assert stages.index("search") < stages.index("evaluate") < stages.index("save")
     assert any(s.startswith("measure") for s in stages) and any(s.startswith("calib") for s in stages)
+    capture = [e for e in events if e["event"] == "stage" and e["stage"] == "capture"]  # a part of calibrate
+    assert capture and all(e["parent"] == "calibrate" for e in capture)
     assert events[-1] == {"event": "done", "status": "ok"} or events[-1]["status"] == "ok"
     result = next(e for e in events if e["event"] == "result")
     meta = json.loads((out / "bitsmith.json").read_text())
