@@ -62,6 +62,13 @@ from .quantize_options import AdvancedOptions
 STEPS = ("Model", "Hardware", "Budget", "Run", "Results")
 PRESETS = (("demo", "Demo — a few minutes, rough"), ("default", "Default — balanced"),
            ("best", "Best — slow, highest quality"))
+PRESET_TIPS = {
+    "demo": "Little calibration data and few iterations: to try the pipeline on a new model",
+    "default": "Block-wise calibration with the presets' three formats: the usual choice",
+    "best": "More calibration iterations and samples than Default, then end-to-end distillation from the "
+            "full-precision model (tunes every scale and norm against its next-token distribution): several times "
+            "as long as Default",
+}
 GIB = 2**30
 PLAN_GPU_KEY, PLAN_RAM_KEY = "quantize/plan_gpu_gb", "quantize/plan_ram_gb"  # the user's planning memory (GB)
 DISMISSED_KEY = "quantize/dismissed_resume"  # unfinished jobs the user chose not to resume (job ids)
@@ -452,6 +459,7 @@ class QuantizePage(QWidget):
         self.preset_combo = QComboBox()
         for key, text in PRESETS:
             self.preset_combo.addItem(text, key)
+            self.preset_combo.setItemData(self.preset_combo.count() - 1, PRESET_TIPS[key], Qt.ItemDataRole.ToolTipRole)
         self.preset_combo.setCurrentIndex(self.preset_combo.findData("default"))
         self.preset_combo.currentIndexChanged.connect(self._preset_changed)  # presets may search other formats
         form.addRow("Effort", self.preset_combo)

@@ -411,3 +411,13 @@ def test_delete_checkpoint_refuses_a_link(tmp_path: Path) -> None:
     assert (target / "f").read_text() == "keep"
     checkpoint_folder(out).unlink()
     assert delete_checkpoint(out) == checkpoint_folder(out)  # nothing there: nothing to do
+
+
+def test_each_effort_preset_says_what_it_does(qtbot, open_window) -> None:  # noqa: ANN001
+    from PySide6.QtCore import Qt
+
+    page = open_window("quantize").pages["quantize"]
+    tips = {page.preset_combo.itemData(i): page.preset_combo.itemData(i, Qt.ItemDataRole.ToolTipRole)
+            for i in range(page.preset_combo.count())}
+    assert set(tips) == {"demo", "default", "best"} and all(tips.values())
+    assert "distillation" in tips["best"] and "distillation" not in tips["default"]
