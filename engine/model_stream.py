@@ -212,14 +212,27 @@ class StreamedModel:
             if s.module._parameters.get(s.attr) is not s.empty:
                 s.module._parameters[s.attr] = s.empty
 
+    def release_detached(self, index: int) -> None:
+        """Give back to meta the parameters of block `index`'s modules that are no longer part of the block (linears
+        that calibration replaced by QuantLinears): whoever still holds such a module (a layout, a Block's `linears`)
+        then holds no full-precision weights."""
+        attached = {id(m) for m in self.blocks[index].module.modules()}
+        for s in self._slots[index]:
+            if id(s.module) not in attached and s.module._parameters.get(s.attr) is not s.empty:
+                s.module._parameters[s.attr] = s.empty
+
     @contextlib.contextmanager
     def materialise(self, index: int, keep: bool = False) -> Iterator[Block]:
-        """Block `index` with real weights for the time of the `with`; released afterwards unless `keep`."""
+        """Block `index` with real weights for the time of the `with`; released afterwards, or with `keep` only
+        what is no longer attached to the block (so a calibrated block keeps its QuantLinears and norms, and the
+        full-precision weights it replaced are freed)."""
         block = self.load_block(index)
         try:
             yield block
         finally:
-            if not keep:
+            if keep:
+                self.release_detached(index)
+            else:
                 self.release_block(index)
 
     def full_precision_blocks(self) -> int:
@@ -227,6 +240,13 @@ class StreamedModel:
         return sum(
             any(isinstance(m, nn.Linear) and not m.weight.is_meta for m in b.module.modules()) for b in self.blocks
         )
+
+    def held_bytes(self) -> int:
+        """Bytes of block parameters read from the files that the blocks' original modules still hold, attached to
+        the model or not (after a calibration with keep=True: the norms only)."""
+        held = {id(p): p for slots in self._slots for s in slots
+                if (p := s.module._parameters.get(s.attr)) is not None and p is not s.empty and not p.is_meta}
+        return sum(p.numel() * p.element_size() for p in held.values())
 
     def is_complete(self) -> bool:
         """True when no parameter is left on meta (after calibration with keep=True, for example)."""

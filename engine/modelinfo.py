@@ -353,6 +353,8 @@ def _from_tensors(tensors: Tensors, common: dict, tie: bool, name: str) -> Model
     """Exact counts from stored shapes: 2-D weights inside decoder blocks are the quantizable linears."""
     linears: list[LinearShape] = []
     other = 0
+    tied_head = 0
+    outside_2d: set[tuple[int, ...]] = set()
     stored = 0.0
     linear_bytes: dict[float, int] = {}
     for tname, entry in tensors.items():
@@ -377,9 +379,14 @@ def _from_tensors(tensors: Tensors, common: dict, tie: bool, name: str) -> Model
             raise UnsupportedModelError(f"{name}: block weight {tname} has {len(shape)} dimensions "
                                         "(fused experts?)", hint=_SUPPORTED_HINT)
         elif tname == "lm_head.weight" and tie:
-            continue  # transformers ties it to the embedding: one copy in memory
+            tied_head = numel  # transformers ties it to the embedding: one copy in memory (counted below)
         else:
             other += numel
+            if len(shape) == 2:
+                outside_2d.add(tuple(shape))
+    head_shape = tensors.get("lm_head.weight", ((), ""))[0]
+    if tied_head and tuple(int(d) for d in head_shape) not in outside_2d:
+        other += tied_head  # a tied checkpoint that stores only the head (save_pretrained may keep either name)
     if not linears:
         raise UnsupportedModelError(f"{name}: no linear layers found inside decoder blocks",
                                     hint="The tensor names do not follow the usual `model.layers.N.` layout. "

@@ -5,9 +5,9 @@ machine: "gpu" (fits on the accelerator), "offload" (fits only with part of it i
 accelerator, or it is too small, but RAM holds it) or "no_fit". Sizes are GiB (2**30 bytes). Torch-free:
 the GUI calls it live while the user drags the budget slider.
 
-The chat and download estimates are checked against measured peaks (tests/engine/test_plan.py); the
-measure, calibrate and Q-SFT ones follow the designs in shared/DESIGN.md and are estimates until those
-stages exist to be measured.
+The estimates are checked against measured peaks (tests/engine/test_plan.py, docs/benchmarks/plan.md): chat and
+download on this CPU, the quantize job's measure and calibrate stages (engine/plan_quantize.py: whole and
+block-streamed, the evaluations that follow them included) on real runs, Q-SFT on an H100.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bitsmith.engine import plan_quantize as pq
 from bitsmith.engine.errors import BadInputError
 from bitsmith.engine.hardware import HardwareProfile
 from bitsmith.engine.modelinfo import ModelInfo
+from bitsmith.engine.plan_quantize import QuantizeSettings
 
 GIB = 2**30
 STAGES = ("download", "measure", "calibrate", "qsft", "chat")
@@ -30,7 +32,6 @@ KV_BYTES = 2           # KV cache in fp16/bf16
 LOGIT_BYTES = 4        # logits are upcast to fp32
 PREFILL_CHUNK = 512    # prompt tokens per forward when chat fills its KV cache
 CE_CHUNK = 1024        # tokens per chunk of Q-SFT's cross-entropy
-CALIB_MINIBATCH = 8    # calibration samples per step through one block (AutoRound's default batch)
 QSFT_RESIDUAL_BITS = 4  # Q-SFT's default residual per weight (engine/finetune/optim.py)
 QSFT_UPDATE_TEMP_BYTES = 6 * 4 * (1 << 24)  # the code update works in 16M-element blocks, ~6 fp32/int32 copies
 # Measured on an H100 (docs/benchmarks/qsft.md, 2026-11-22), an 8B-shaped Q-SFT step at sequence 2048 peaks at
@@ -38,7 +39,6 @@ QSFT_UPDATE_TEMP_BYTES = 6 * 4 * (1 << 24)  # the code update works in 16M-eleme
 # grows with the INT4 share of the layout, so a margin proportional to that share covers it (4.0 bpw: 12.8 GiB)
 # until the missing term is found, and a plan never promises a fit that then runs out of memory.
 QSFT_INT4_MARGIN = 0.15
-N_FORMATS = 3          # candidate formats scored per linear by the measure stage (the default preset's)
 
 # Host memory of a CPU process once torch 2.13 (CPU) and transformers 5.23 are imported, and what its
 # first model build and forward add beyond weights, KV cache and activations. Measured 2026-11-22 on the
@@ -161,22 +161,29 @@ def accelerator(hw: HardwareProfile) -> _Accel:
 
 
 def plan_model(info: ModelInfo, bpw: float, hw: HardwareProfile, *, seq_len: int = 2048, batch: int = 1,
-               context: int = 4096, calib_samples: int = 128, source_on_disk: bool = False) -> Plan:
+               context: int = 4096, calib_samples: int = 128, source_on_disk: bool = False,
+               quantize: QuantizeSettings | None = None) -> Plan:
     """Estimate every stage for `info` quantized to `bpw` bits per weight on `hw`. `seq_len`×`batch` is
-    the Q-SFT/calibration sequence shape, `context` the chat KV-cache length, `source_on_disk` skips the
-    download's disk need (a local model)."""
+    the Q-SFT sequence shape, `context` the chat KV-cache length, `source_on_disk` skips the
+    download's disk need (a local model). The quantize job's settings are `quantize`'s, or else `calib_samples`
+    windows of `seq_len` tokens for both measure and calibration and the other defaults of QuantizeSettings."""
     bpw = check_bpw(bpw)
     for name, value in (("seq_len", seq_len), ("batch", batch), ("context", context),
                         ("calib_samples", calib_samples)):
         if not isinstance(value, int) or value <= 0:
             raise BadInputError(f"{name} must be a positive integer, got {value!r}",
                                 hint=f"Give --{name.replace('_', '-')} a whole number above 0.")
+    quantize = quantize or QuantizeSettings(measure_samples=calib_samples, measure_seq_len=seq_len,
+                                            calib_samples=calib_samples, calib_seq_len=seq_len)
     acc = accelerator(hw)
     settings = dict(seq_len=seq_len, batch=batch, context=context, calib_samples=calib_samples)
+    streamed = _streams(info, quantize, hw.ram_available_bytes)
+    amp = calibration_amp(acc.kind, hw)
     builders = {
         "download": lambda kind: _download(info, source_on_disk),
-        "measure": lambda kind: _measure(info, kind, seq_len, calib_samples, hw.ram_available_bytes),
-        "calibrate": lambda kind: _calibrate(info, bpw, kind, seq_len, calib_samples, hw.ram_available_bytes),
+        "measure": lambda kind: _measure(info, kind, quantize, streamed, hw.ram_available_bytes),
+        "calibrate": lambda kind: _calibrate(info, bpw, kind, quantize, streamed, amp if kind == acc.kind else
+                                             calibration_amp("cpu", hw)),
         "qsft": lambda kind: _qsft(info, bpw, kind, seq_len, batch),
         "chat": lambda kind: _chat(info, bpw, kind, context, batch),
     }
@@ -227,29 +234,17 @@ def quantized_bytes(info: ModelInfo, bpw: float) -> int:
 
 # ---- per-stage needs -------------------------------------------------------------------------------
 
-def _dims(info: ModelInfo) -> tuple[int, int, int, int, int]:
-    q = info.num_heads * info.head_dim
-    kv = info.num_kv_heads * info.head_dim
-    return info.hidden_size, info.intermediate_size, q, kv, info.vocab_size
+_dims = pq.dims
 
 
 def _infer_token_bytes(info: ModelInfo) -> int:
-    """Live activations per token inside one block during a no-grad forward (the block's peak)."""
-    h, inter, q, kv, _ = _dims(info)
-    return (4 * h + 3 * inter + 2 * (q + 2 * kv)) * ACT_BYTES
+    """Live activations per token inside one block during a no-grad forward in 16 bits (chat)."""
+    return pq.infer_token_bytes(info, ACT_BYTES)
 
 
 def _train_token_bytes(info: ModelInfo) -> int:
-    """Activations and their gradients per token for one block under autograd (recomputed block)."""
-    h, inter, q, kv, _ = _dims(info)
-    return (10 * h + 6 * inter + 3 * (q + 2 * kv)) * ACT_BYTES
-
-
-def _block_other_bytes(info: ModelInfo) -> int:
-    """16-bit non-linear parameters (norms, biases) of one block."""
-    h, v = info.hidden_size, info.vocab_size
-    embeddings = v * h * (1 if info.tie_word_embeddings else 2) + h
-    return max(0, info.other_params - embeddings) // max(info.num_layers, 1) * 2
+    """Activations and their gradients per token for one block under autograd in 16 bits (Q-SFT)."""
+    return pq.train_token_bytes(info, ACT_BYTES)
 
 
 AUTO_STREAM_RAM_SHARE = 0.9
@@ -272,34 +267,41 @@ def loads_whole(float32_bytes: int, formats: int, ram_available: int) -> bool:
     return (2 + formats) * float32_bytes <= AUTO_STREAM_RAM_SHARE * ram_available
 
 
-def _pipeline_host(info: ModelInfo, streamed: bool, bpw: float | None = None) -> dict[str, int]:
-    """RAM the quantize pipeline holds: the whole model in fp32, or, streamed, what lies outside the blocks
-    (embeddings, head) in fp32, two blocks at a time and (calibrating at `bpw`) the quantized model being built."""
-    if not streamed:
-        return {"model_fp32": info.total_params * 4}
-    outside = max(0, info.total_params - info.num_layers * _block_params(info))
-    held = {"outside_blocks_fp32": outside * 4, "two_blocks_fp32": 2 * _block_params(info) * 4}
-    if bpw is not None:
-        held["quantized_model"] = quantized_bytes(info, bpw)
-    return held
+def _pipeline_host(info: ModelInfo, streamed: bool) -> dict[str, int]:
+    """RAM the quantize job keeps through its stages: the whole model in fp32 (its pages stay resident even after
+    calibration replaced the linears: transformers maps the checkpoint as one copy-on-write file), or, streamed,
+    what lies outside the blocks in fp32."""
+    return ({"outside_blocks_fp32": pq.outside_params(info) * 4} if streamed
+            else {"model_fp32": info.total_params * 4})
 
 
-def _block_params(info: ModelInfo) -> int:
-    """Parameters of one decoder block (its linears and the rest: norms, biases)."""
-    return info.block_linear_params + _block_other_bytes(info) // 2
+def _streams(info: ModelInfo, settings: QuantizeSettings, ram_available: int) -> bool:
+    """Whether the quantize pipeline streams this model: as asked, or by its rule on this much free RAM."""
+    if settings.stream is not None:
+        return settings.stream
+    return not loads_whole(info.total_params * 4, settings.formats, ram_available)
 
 
-def _streams(info: ModelInfo, ram_available: int) -> bool:
-    """Whether the quantize pipeline would stream this model on a machine with this much free RAM."""
-    return not loads_whole(info.total_params * 4, N_FORMATS, ram_available)
+def calibration_amp(kind: str, hw: HardwareProfile) -> bool:
+    """Whether calibration tunes under bf16 autocast here (CalibConfig.use_amp's rule: CUDA with bf16, CPUs whose
+    oneDNN does bf16, i.e. AVX-512 or AMX)."""
+    if kind == "cuda":
+        gpu = hw.gpu(int(hw.best_device.split(":")[1])) if hw.best_device.startswith("cuda:") else None
+        return gpu is None or gpu.compute_capability is None or gpu.compute_capability >= (8, 0)
+    if kind == "cpu":
+        return any(f.startswith(("avx512", "amx")) for f in hw.cpu.flags)
+    return False
 
 
-def _runtime(kind: str) -> tuple[dict[str, int], dict[str, int]]:
-    """(accelerator, host) overheads of a worker process on this kind of device."""
+def _runtime(kind: str, pipeline: bool = False) -> tuple[dict[str, int], dict[str, int]]:
+    """(accelerator, host) overheads of a worker process on this kind of device; `pipeline`: a quantize job's
+    (its tokenizer and model classes loaded)."""
     if kind == "cuda":
         return {"cuda_context": CUDA_CONTEXT_BYTES}, {"runtime": CUDA_HOST_RUNTIME_BYTES}
     if kind == "mps":
         return {}, {"runtime": MPS_HOST_RUNTIME_BYTES}
+    if pipeline:
+        return {}, {"runtime": pq.CPU_PIPELINE_RUNTIME_BYTES, "workspace": pq.CPU_PIPELINE_WORKSPACE_BYTES}
     return {}, {"runtime": CPU_RUNTIME_BYTES, "workspace": CPU_WORKSPACE_BYTES}
 
 
@@ -310,47 +312,31 @@ def _download(info: ModelInfo, source_on_disk: bool) -> _Need:
     return need
 
 
-def _measure(info: ModelInfo, kind: str, seq_len: int, calib_samples: int, ram_available: int) -> _Need:
-    h, inter, q, _, _ = _dims(info)
-    acc, host = _runtime(kind)
-    streamed = _streams(info, ram_available)
-    if streamed:  # errors one linear at a time; every block's input kept for the backward pass down the blocks
-        inputs = info.num_layers * calib_samples * seq_len * h * 4  # beyond the budget: more passes, not more RAM
-        held = {"block_inputs": min(inputs, stream_activation_budget(ram_available)),
-                "weight_errors": N_FORMATS * info.largest_linear * 4}
-    else:  # every linear's weight error per format, for the one Fisher pass
-        held = {"weight_errors": N_FORMATS * info.linear_params * 4}
-    block16 = info.block_linear_params * 2 + _block_other_bytes(info)
-    need = _Need(
-        must={**acc, "block_weights": block16,
-              "hessians": 4 * (h * h + q * q + inter * inter),
-              "error_eval": 2 * 4 * info.largest_linear,  # fp32 weight and its error for one format
-              "activations": CALIB_MINIBATCH * seq_len * _infer_token_bytes(info)},
-        prefer={"calibration_stream": 2 * calib_samples * seq_len * h * ACT_BYTES},
-        host={**host, **_pipeline_host(info, streamed), **held},
-        disk=max(len(info.linears), 7 * info.num_layers) * N_FORMATS * 8,
-    )
-    need.notes.append("streamed block by block: two blocks of full-precision weights in RAM at a time" if streamed
-                      else "the full-precision model is held in RAM in fp32 with each linear's weight error per "
-                           "candidate format (a model that does not fit so is streamed block by block)")
+def _measure(info: ModelInfo, kind: str, settings: QuantizeSettings, streamed: bool, ram_available: int) -> _Need:
+    _, host = _runtime(kind, pipeline=True)
+    work = pq.measure_terms(info, settings, streamed, stream_activation_budget(ram_available))
+    need = _Need(host={**host, **_pipeline_host(info, streamed), **work},
+                 disk=max(len(info.linears), 7 * info.num_layers) * settings.formats * 8)
+    need.notes.append(
+        ("streamed block by block: one block of full-precision weights in RAM at a time" if streamed
+         else "the full-precision model is held in RAM in fp32 with each linear's weight error per candidate format "
+              "(a model that does not fit so is streamed block by block)")
+        + f"; {settings.measure_samples} windows × {settings.measure_seq_len} tokens, {settings.formats} formats, "
+          "on the CPU (where the pipeline loads the model), after the full-precision perplexity")
     return need
 
 
-def _calibrate(info: ModelInfo, bpw: float, kind: str, seq_len: int, calib_samples: int,
-               ram_available: int) -> _Need:
-    h = info.hidden_size
-    acc, host = _runtime(kind)
-    blk = info.block_linear_params
-    need = _Need(
-        must={**acc, "block_weights": blk * 2 + _block_other_bytes(info),
-              "rounding_state": blk * (4 + 4 + 2),  # fp32 offsets + their gradients + dequantized weights
-              "activations": CALIB_MINIBATCH * seq_len * _train_token_bytes(info)},
-        prefer={"calibration_stream": 3 * calib_samples * seq_len * h * ACT_BYTES},
-        host={**host, **_pipeline_host(info, _streams(info, ram_available), bpw)},
-        disk=quantized_bytes(info, bpw),
-    )
-    need.notes.append(f"{calib_samples} samples × {seq_len} tokens; fp inputs, quantized-stream inputs and "
-                      "targets kept per block; one block on the accelerator at a time")
+def _calibrate(info: ModelInfo, bpw: float, kind: str, settings: QuantizeSettings, streamed: bool,
+               amp: bool) -> _Need:
+    acc, host = _runtime(kind, pipeline=True)
+    device, prefer, work = pq.calibrate_terms(info, bpw, settings, streamed, amp, on_accelerator=kind != "cpu")
+    need = _Need(must={**acc, **device}, prefer=prefer,
+                 host={**host, **_pipeline_host(info, streamed), **pq.text_terms(False), **work},
+                 disk=quantized_bytes(info, bpw))
+    need.notes.append(f"{settings.calib_samples} samples × {settings.calib_seq_len} tokens, mini-batches of "
+                      f"{min(settings.calib_batch, settings.calib_samples)}; full-precision and quantized-stream "
+                      "activations kept for every sample; one block tuned at a time; the quantized model is then "
+                      f"evaluated on the CPU at a window of {settings.eval_window}")
     return need
 
 
@@ -422,6 +408,10 @@ def _place(stage: str, need: _Need, cpu_need: Any, acc: _Accel, hw: HardwareProf
     host_ok = (on_acc + host <= ram) if acc.kind == "mps" else host <= ram  # Apple: one memory pool
     if stage == "download":
         verdict, gpu, cpu, gap = ("gpu" if acc.kind != "cpu" else "cpu"), 0, 0, 0
+    elif acc.kind != "cpu" and on_acc == 0:  # a stage that runs on the CPU whatever the machine (measure)
+        verdict, gpu, cpu, gap = ("cpu", 0, host, host - ram) if host <= ram else ("no_fit", 0, host, host - ram)
+        if verdict == "no_fit":
+            notes.append(f"short of {_gb(gap):.2f} GiB of memory")
     elif acc.kind != "cpu" and on_acc <= acc.budget and host_ok:
         verdict, gpu, cpu, gap = "gpu", must + prefer, host, must + prefer - acc.budget
     elif acc.kind == "cuda" and must <= acc.budget and host + must + prefer - acc.budget <= ram:

@@ -49,6 +49,7 @@ def scored_ids(token_ids: torch.Tensor, window: int, stride: int | None,
     return ids, stride
 
 
+@torch.no_grad()
 def perplexity(
     model: nn.Module,
     token_ids: torch.Tensor,

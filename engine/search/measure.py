@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from bitsmith.engine.errors import BadInputError
+from bitsmith.engine.memory import release_free_memory
 from bitsmith.engine.model import find_blocks
 from bitsmith.engine.quant.bpw import layer_bits
 from bitsmith.engine.quant.quantize import dequantize_weight, quantize_weight
@@ -153,7 +154,7 @@ def quantization_deltas(
         out[name] = {}
         for fmt in formats:
             qw = quantize_weight(w, fmt, method=method, name=name)
-            out[name][fmt] = (dequantize_weight(qw) - w).square_()
+            out[name][fmt] = dequantize_weight(qw).sub_(w).square_()  # in place: no second [N, K] buffer
     return out
 
 
@@ -220,6 +221,8 @@ def measure_model(
         for p, flag in saved.items():
             p.requires_grad_(flag)
             p.grad = None
+        deltas.clear()  # every layer's weight errors: a few times the linears in float32
+        release_free_memory()
     # per-sequence mean loss: E[g_seq²] ≈ E[g_tok²] / T, so F_tok ≈ T·mean_s g_seq²
     scale = 0.5 * (seq_len - 1) / len(windows)
     unit = channel_unit(formats)

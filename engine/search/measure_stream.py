@@ -33,6 +33,7 @@ import torch
 from bitsmith.engine.calibrate.capture import call_block, capture_block_inputs, map_tensors, windows_tensor
 from bitsmith.engine.calibrate.runner import run_block
 from bitsmith.engine.errors import BadInputError
+from bitsmith.engine.memory import release_free_memory
 from bitsmith.engine.model_stream import StreamedModel
 from bitsmith.engine.quant.bpw import layer_bits
 from bitsmith.engine.quant.spec import parse_spec
@@ -94,6 +95,8 @@ def measure_streamed(
     finally:
         for p, flag in saved.items():
             p.requires_grad_(flag)
+        captured = inputs = grads = None  # the stored hidden states of the last pass
+        release_free_memory()
     # as measure_model: per-sequence mean loss, E[g_seq²] ≈ E[g_tok²] / T, so F_tok ≈ T·mean_s g_seq²
     scale = 0.5 * (seq_len - 1) / n
     unit = channel_unit(formats)

@@ -101,6 +101,21 @@ def test_folder_and_sharded_folder(tmp_path: Path) -> None:
         ModelInfo.from_folder(sharded)
 
 
+@pytest.mark.parametrize("kept", ["model.embed_tokens.weight", "lm_head.weight", "both"])
+def test_tied_checkpoint_counts_its_embedding_once(kept: str) -> None:
+    """A tied model's checkpoint may store the embedding, the head (what the GGUF cache writes) or both: one copy
+    in memory either way."""
+    config = _random_config("llama", random.Random(), tie_word_embeddings=True)
+    total, _, shapes = _real_counts(config)
+    embedding = shapes.pop("model.embed_tokens.weight")
+    shapes.pop("lm_head.weight", None)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if kept in (name, "both"):
+            shapes[name] = embedding
+    info = ModelInfo.from_config(json.loads(config.to_json_string()), shapes)
+    assert info.total_params == total
+
+
 def test_header_is_read_without_the_weights(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

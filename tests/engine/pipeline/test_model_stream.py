@@ -146,6 +146,9 @@ def test_streamed_calibration_resumes_a_normal_run_exactly(sharded: Path, tmp_pa
                               materialise=lambda i: streamed.materialise(i, keep=True))
     assert [r.resumed for r in summary.blocks] == [True, False]
     assert streamed.is_complete() and streamed.peak_full_precision == 1 and streamed.full_precision_blocks() == 0
+    # the full-precision linears that QuantLinears replaced are freed, though the layout still names their modules
+    norms = sum(p.numel() * 4 for b in streamed.blocks for n, p in b.module.named_parameters() if "norm" in n)
+    assert streamed.held_bytes() == norms
     got = streamed.model.state_dict()
     assert got.keys() == expected.keys()
     for key in expected:
