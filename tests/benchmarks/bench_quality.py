@@ -579,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         plan += [(m, b) for b in args.budgets for m in args.methods if m != "fp"]
         for method, budget in plan:
             key = (args.source, method, budget, _preset_of(method, args.preset), args.eval_tokens, args.window,
-                   args.seed, bitsmith_formats(args) if method == "bitsmith" else None)
+                   args.seed, bitsmith_formats(args) if method == "bitsmith" else None,
+                   bitsmith_distill_epochs(args) if method == "bitsmith" else None)
             if key in done:
                 print(f"skip {method} @ {budget}: already in {out}", flush=True)
                 continue
