@@ -187,6 +187,7 @@ class _Distiller:
         self.model, self.teacher, self.config, self.device = model, teacher, config, device
         self.backbone, self.head = backbone_and_head(model)
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.compute_dtype: torch.dtype | None = None  # matmul dtype while training (None: fp32)
         n_val = min(config.val_samples, max(teacher.windows - 1, 0))
         self.train_rows = list(range(teacher.windows - n_val))
         self.val_rows = list(range(teacher.windows - n_val, teacher.windows))
@@ -220,6 +221,36 @@ class _Distiller:
             if isinstance(mod, QSFTLinear):
                 mod.compute_dtype = dtype
 
+    def _epoch(self, opt: torch.optim.Optimizer, base_lr: list[float], step: int, total: int, warmup: int,
+               gen: torch.Generator, on_progress: Callable[[int, int], None], check_cancel: Callable[[], None],
+               log: Callable[[str], None]) -> tuple[int, bool]:
+        """One pass over the training windows in a seeded order: (steps taken so far, whether the loss stayed
+        finite — a non-finite step is not applied and ends training)."""
+        cfg = self.config
+        order = [self.train_rows[i] for i in torch.randperm(len(self.train_rows), generator=gen)]
+        for b0 in range(0, len(order), cfg.batch_size):
+            check_cancel()
+            self.model.train()
+            factor = lr_factor(step, total, warmup)
+            for g, lr in zip(opt.param_groups, base_lr):
+                g["lr"] = lr * factor
+            batch = order[b0: b0 + cfg.batch_size]
+            tokens = len(batch) * self.teacher.ids.shape[1]
+            value = 0.0
+            for row in batch:
+                loss = self.loss([row]) / tokens
+                loss.backward()
+                value += float(loss.detach())
+            if not math.isfinite(value):
+                log(f"distillation stopped at step {step + 1}: the loss is not finite")
+                opt.zero_grad(set_to_none=True)
+                return step, False
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            on_progress(step, total)
+        return step, True
+
     def run(self, on_progress: Callable[[int, int], None], check_cancel: Callable[[], None],
             log: Callable[[str], None]) -> DistillReport:
         cfg, model = self.config, self.model
@@ -241,57 +272,35 @@ class _Distiller:
             groups = [{"params": stats, "lr": cfg.lr}]
             if cfg.norm_lr > 0:
                 groups.append({"params": norms, "lr": cfg.norm_lr})
+            params = [p for g in groups for p in g["params"]]
             opt = torch.optim.Adam(groups, betas=(0.9, 0.95), eps=1e-10)
             base_lr = [g["lr"] for g in opt.param_groups]
-            per_epoch = math.ceil(len(self.train_rows) / cfg.batch_size)
-            total = cfg.epochs * per_epoch
+            total = cfg.epochs * math.ceil(len(self.train_rows) / cfg.batch_size)
             warmup = int(cfg.warmup_frac * total)
             gen = torch.Generator().manual_seed(0)
             best_val = val_before = self.val_loss()
-            best = {id(p): p.detach().clone() for g in groups for p in g["params"]}
+            best = [p.detach().clone() for p in params]
             step = 0
             for epoch in range(cfg.epochs):
-                order = [self.train_rows[i] for i in torch.randperm(len(self.train_rows), generator=gen)]
-                for b0 in range(0, len(order), cfg.batch_size):
-                    check_cancel()
-                    model.train()
-                    factor = lr_factor(step, total, warmup)
-                    for g, lr in zip(opt.param_groups, base_lr):
-                        g["lr"] = lr * factor
-                    batch = order[b0: b0 + cfg.batch_size]
-                    tokens = len(batch) * self.teacher.ids.shape[1]
-                    value = 0.0
-                    for row in batch:
-                        loss = self.loss([row]) / tokens
-                        loss.backward()
-                        value += float(loss.detach())
-                    if not math.isfinite(value):
-                        log(f"distillation stopped at step {step + 1}: the loss is not finite")
-                        opt.zero_grad(set_to_none=True)
-                        break
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    step += 1
-                    on_progress(step, total)
-                else:
-                    val = self.val_loss()
-                    log(f"distillation epoch {epoch + 1}/{cfg.epochs}: held-out loss {val}")
-                    if val is None or best_val is None or val < best_val:
-                        best_val = val
-                        best = {id(p): p.detach().clone() for g in groups for p in g["params"]}
-                    continue
-                break
+                step, finite = self._epoch(opt, base_lr, step, total, warmup, gen, on_progress, check_cancel, log)
+                if not finite:
+                    break
+                val = self.val_loss()
+                log(f"distillation epoch {epoch + 1}/{cfg.epochs}: held-out loss {val}")
+                if val is None or best_val is None or val < best_val:
+                    best_val = val
+                    best = [p.detach().clone() for p in params]
             with torch.no_grad():
-                for g in groups:
-                    for p in g["params"]:
-                        p.copy_(best[id(p)])
+                for p, value in zip(params, best):
+                    p.copy_(value)
         finally:
             unwrap_model(model)  # writes the statistics back in the layers' formats
             for p in model.parameters():
                 p.requires_grad_(False)
+            self.compute_dtype = None
         _round_norms_(model)
         improved = best_val is None or val_before is None or best_val < val_before
-        stored = self.val_loss_plain() if improved else None
+        stored = self.val_loss() if improved else None  # the model as stored: QuantLinears, fp32
         kept = improved and (val_before is None or (stored is not None and stored < val_before))
         if not kept:
             _restore(model, original)
@@ -299,12 +308,6 @@ class _Distiller:
                 "the calibrated model is kept")
         return DistillReport(step, val_before, stored if kept else val_before, kept,
                              round(time.perf_counter() - started, 1))
-
-    @torch.no_grad()
-    def val_loss_plain(self) -> float | None:
-        """The held-out loss of the model as stored (QuantLinears, fp32 compute)."""
-        self.compute_dtype = None
-        return self.val_loss()
 
 
 def distill(model: nn.Module, teacher: Teacher, config: DistillConfig, *,

@@ -320,15 +320,13 @@ def _teacher(ctx: JobContext, model: Any, calib_ids: list[int], preset: Preset, 
         ctx.log(f"using the teacher distribution saved in {path.name}")
         return teacher
     ctx.stage("teacher", total=ids.shape[0])
-    done = [0]
+    logit_rows = model_logit_rows(model, ids) if streamed is None else window_logits(
+        streamed, ids, check_cancel=ctx.check_cancel)
 
     def rows():
-        rows_of = model_logit_rows(model, ids) if streamed is None else window_logits(
-            streamed, ids, check_cancel=ctx.check_cancel)
-        for logits in rows_of:
+        for done, logits in enumerate(logit_rows, 1):
             yield logits
-            done[0] += 1
-            ctx.progress(done[0], ids.shape[0])
+            ctx.progress(done, ids.shape[0])
 
     teacher = teacher_targets(ids, rows(), config.top_k, check_cancel=ctx.check_cancel)
     save_teacher(path, teacher)
