@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "whole model (default: only when the model loaded whole would not fit in RAM)")
     p.add_argument("--distill-epochs", type=int, default=None, metavar="N",
                    help="epochs of end-to-end distillation from the full-precision model after calibration "
-                   "(tunes scales and norms; default: the preset's — 2 for best, 0 otherwise)")
+                   "(tunes scales and norms; default: the preset's — 2 for default and best, 0 for demo)")
     p.add_argument("--json", action="store_true", help="print the job's events as JSON lines")
     p.set_defaults(func=_run)
 

@@ -44,10 +44,10 @@ PRESETS = {
         cpu_calib_overrides=(("iters", 12), ("samples", 8)),
     ),
     # default and best search three widths with double-quantized statistics: on SmolLM2 (docs/benchmarks/quality.md)
-    # they took 4.0 bpw from 1.24x to 1.08x the full-precision perplexity; the demo keeps the faster pair
+    # they took 4.0 bpw from 1.24x to 1.08x the full-precision perplexity; the demo keeps the faster pair. Both end
+    # with end-to-end distillation (docs/benchmarks/distill.md: 4.0 bpw 1.083x -> 1.058x)
     "default": Preset("default", 16, 512, "rtn", "default", eval_tokens=32768, eval_window=512,
-                      formats=QUALITY_FORMATS),
-    # best adds end-to-end distillation (docs/benchmarks/distill.md): on a CPU it costs about as much as calibration
+                      formats=QUALITY_FORMATS, distill_epochs=2),
     "best": Preset("best", 32, 1024, "rtn", "best", eval_tokens=0, eval_window=1024, formats=QUALITY_FORMATS,
                    distill_epochs=2),
 }

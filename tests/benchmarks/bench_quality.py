@@ -340,7 +340,11 @@ def measure_one(args: argparse.Namespace, method: str, budget: float | None, ctx
             rec["ran_at_bpw"] = target
             distill = bitsmith_distill_epochs(args)
             if distill:
+                from bitsmith.engine.calibrate.e2e import DistillConfig
+
+                d = DistillConfig()
                 rec["distill_epochs"] = distill
+                rec["distill_target"] = f"top-{d.top_k} + rest, lr {d.lr:g}, norm lr {d.norm_lr:g}"
             name = f"bitsmith-{args.preset}-{budget:g}-{'-'.join(formats)}" + (f"-d{distill}" if distill else "")
             out = Path(args.work) / name
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -425,8 +429,12 @@ def _times(rec: dict) -> str:
 
 
 def superseded(rec: dict) -> bool:
-    """A Bitsmith run of an older folder format (it packed some width differently): run it again."""
-    return rec["method"] == "bitsmith" and rec.get("format_version", 1) < FORMAT_VERSION
+    """A Bitsmith run of an older folder format (it packed some width differently), or distilled against the
+    renormalised top k at lr 1e-4 (before the teacher's rest was kept, session 6): run it again."""
+    if rec["method"] != "bitsmith":
+        return False
+    return rec.get("format_version", 1) < FORMAT_VERSION or bool(rec.get("distill_epochs") and
+                                                                  "distill_target" not in rec)
 
 
 def latest(records: list[dict]) -> dict[tuple, dict]:

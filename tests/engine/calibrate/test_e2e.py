@@ -45,6 +45,35 @@ def test_soft_target_loss_and_gradient_match_autograd() -> None:
     torch.testing.assert_close(onehot, chunked_lm_loss(hidden, weight, labels), rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_top_k_with_the_rest_as_one_category_matches_autograd(softcap: float | None) -> None:
+    """-sum_i p_i log q_i - rest log(1 - sum_i q_i): the teacher's exact distribution coarsened to k + 1 categories."""
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(2, 37, 24, generator=gen, requires_grad=True)
+    weight = torch.randn(VOCAB, 24, generator=gen)
+    index = torch.stack([torch.randperm(VOCAB, generator=gen)[:5] for _ in range(74)]).view(2, 37, 5)
+    full = torch.softmax(torch.randn(2, 37, 5 + 1, generator=gen), -1)
+    prob, rest = full[..., :5], full[..., 5].clone()
+    rest[0, :3] = 0.0  # the teacher's top k hold all its mass: no rest term (and no 0 * log 0)
+    prob[0, :3] /= prob[0, :3].sum(-1, keepdim=True)
+    got = chunked_lm_loss(hidden, weight, index, target_probs=prob, target_rest=rest, chunk=16, softcap=softcap)
+    got.backward()
+    h = hidden.detach().clone().requires_grad_(True)
+    logits = h @ weight.t()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logq = torch.log_softmax(logits, -1)
+    log_rest = torch.log1p(-logq.gather(-1, index).exp().sum(-1))
+    want = -(prob * logq.gather(-1, index)).sum() - (rest * log_rest).sum()
+    want.backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(hidden.grad, h.grad, rtol=1e-4, atol=1e-5)
+    # leaving the rest out is a different loss (the renormalised top k), not the same one
+    plain = chunked_lm_loss(hidden.detach(), weight, index, target_probs=prob / prob.sum(-1, keepdim=True),
+                            softcap=softcap)
+    assert abs(float(plain) - float(want.detach())) > 1.0
+
+
 def _trained_model() -> tuple[LlamaForCausalLM, torch.Tensor]:
     """A tiny Llama trained on a random bigram source (so its distribution is worth distilling) and windows of it."""
     gen = torch.Generator().manual_seed(0)
@@ -94,15 +123,21 @@ def setup() -> tuple[LlamaForCausalLM, torch.Tensor]:
 def test_teacher_is_the_models_top_k_and_survives_a_file(setup, tmp_path: Path) -> None:
     model, ids = setup
     teacher = teacher_targets(ids, model_logit_rows(model, ids), top_k=8)
-    assert teacher.index.shape == teacher.prob.shape == (*ids.shape, 8)
-    torch.testing.assert_close(teacher.prob.float().sum(-1), torch.ones(ids.shape), atol=2e-3, rtol=0)
+    assert teacher.index.shape == teacher.prob.shape == (*ids.shape, 8) and teacher.rest.shape == ids.shape
+    torch.testing.assert_close(teacher.prob.float().sum(-1) + teacher.rest, torch.ones(ids.shape), atol=1e-6, rtol=0)
     with torch.no_grad():
         logits = model(ids).logits
-    assert torch.equal(teacher.index.long(), torch.topk(logits, 8, dim=-1).indices)
+    top = torch.topk(logits, 8, dim=-1)
+    assert torch.equal(teacher.index.long(), top.indices)
+    # the model's own probabilities, not renormalised over the k
+    torch.testing.assert_close(teacher.prob.float(), torch.softmax(logits, -1).gather(-1, top.indices),
+                               atol=1e-3, rtol=1e-3)
+    assert float(teacher.rest.min()) > 0.01
     path = tmp_path / "t" / "teacher.safetensors"
     save_teacher(path, teacher)
     back = load_teacher(path, ids, 8)
     assert back is not None and torch.equal(back.prob, teacher.prob) and torch.equal(back.index, teacher.index)
+    assert torch.equal(back.rest, teacher.rest)
     assert load_teacher(path, ids[1:], 8) is None  # other windows
     assert load_teacher(path, ids, 16) is None  # another k
     path.write_bytes(b"not safetensors")
@@ -130,7 +165,8 @@ def test_distillation_lowers_the_held_out_loss_and_changes_only_statistics(setup
     with torch.no_grad():
         val = ids[-4:]
         logq = torch.log_softmax(student(val).logits, -1)
-    want = -(teacher.prob[-4:].float() * logq.gather(-1, teacher.index[-4:].long())).sum(-1).mean()
+    top = logq.gather(-1, teacher.index[-4:].long())
+    want = (-(teacher.prob[-4:].float() * top).sum(-1) - teacher.rest[-4:] * torch.log1p(-top.exp().sum(-1))).mean()
     assert float(want) == pytest.approx(report.val_after, rel=1e-4)
 
 
