@@ -1,13 +1,13 @@
 """Will it fit? Disk, accelerator memory and RAM per pipeline stage for a model at a bit budget.
 
-`plan_model` answers for each stage (download, measure, calibrate, Q-SFT, chat) with a verdict for this
-machine: "gpu" (fits on the accelerator), "offload" (fits only with part of it in RAM), "cpu" (no usable
-accelerator, or it is too small, but RAM holds it) or "no_fit". Sizes are GiB (2**30 bytes). Torch-free:
-the GUI calls it live while the user drags the budget slider.
+`plan_model` answers for each stage (download, measure, calibrate, Q-SFT, chat; and the quantize job's teacher and
+distill stages when it distils) with a verdict for this machine: "gpu" (fits on the accelerator), "offload" (fits
+only with part of it in RAM), "cpu" (no usable accelerator, or it is too small, but RAM holds it) or "no_fit".
+Sizes are GiB (2**30 bytes). Torch-free: the GUI calls it live while the user drags the budget slider.
 
 The estimates are checked against measured peaks (tests/engine/test_plan.py, docs/benchmarks/plan.md): chat and
-download on this CPU, the quantize job's measure and calibrate stages (engine/plan_quantize.py: whole and
-block-streamed, the evaluations that follow them included) on real runs, Q-SFT on an H100.
+download on this CPU, the quantize job's measure, teacher, calibrate and distill stages (engine/plan_quantize.py:
+whole and block-streamed, the evaluations that follow them included) on real runs, Q-SFT on an H100.
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ from bitsmith.engine.plan_quantize import QuantizeSettings
 
 GIB = 2**30
 STAGES = ("download", "measure", "calibrate", "qsft", "chat")
+"""The stages every plan has."""
+DISTILL_STAGES = ("teacher", "distill")
+"""The quantize job's end-to-end distillation stages: in a plan only when its settings distil (distill_epochs > 0)."""
+ALL_STAGES = ("download", "measure", "teacher", "calibrate", "distill", "qsft", "chat")
+"""Every stage a plan may have, in the order they run."""
+CPU_STAGES = ("measure", "teacher", "distill")
+"""The quantize job's stages that run on the CPU, where the pipeline loads the model, whatever the machine."""
 VERDICTS = ("gpu", "offload", "cpu", "no_fit")
 MIN_BPW, MAX_BPW = 2.0, 16.0
 
@@ -93,8 +100,9 @@ class Plan:
     ram_gb: float             # RAM available at detection time
     disk_free_gb: float | None
     settings: dict[str, int]
-    stages: dict[str, StageEstimate]
+    stages: dict[str, StageEstimate]  # in ALL_STAGES order; teacher and distill only when the quantize job distils
     notes: tuple[str, ...] = ()
+    quantize: dict[str, Any] = field(default_factory=dict)  # the quantize job's settings planned for
 
     @property
     def fits(self) -> bool:
@@ -182,14 +190,18 @@ def plan_model(info: ModelInfo, bpw: float, hw: HardwareProfile, *, seq_len: int
     builders = {
         "download": lambda kind: _download(info, source_on_disk),
         "measure": lambda kind: _measure(info, kind, quantize, streamed, hw.ram_available_bytes),
+        "teacher": lambda kind: _teacher(info, kind, quantize, streamed, hw.ram_available_bytes),
         "calibrate": lambda kind: _calibrate(info, bpw, kind, quantize, streamed, amp if kind == acc.kind else
                                              calibration_amp("cpu", hw)),
+        "distill": lambda kind: _distill(info, bpw, kind, quantize, streamed, cpu_bf16(hw)),
         "qsft": lambda kind: _qsft(info, bpw, kind, seq_len, batch),
         "chat": lambda kind: _chat(info, bpw, kind, context, batch),
     }
     stages: dict[str, StageEstimate] = {}
     disk_so_far = 0
-    for stage in STAGES:
+    for stage in ALL_STAGES:
+        if stage in DISTILL_STAGES and not quantize.distills:
+            continue
         need = builders[stage](acc.kind)
         disk_so_far += need.disk
         stages[stage] = _place(stage, need, lambda b=builders[stage]: b("cpu"), acc, hw, disk_so_far)
@@ -200,16 +212,21 @@ def plan_model(info: ModelInfo, bpw: float, hw: HardwareProfile, *, seq_len: int
         model_id=info.model_id, bpw=bpw, device=hw.best_device, size_gb=_gb(quantized_bytes(info, bpw)),
         source_gb=_gb(info.source_bytes), accelerator_gb=_gb(acc.budget), ram_gb=_gb(hw.ram_available_bytes),
         disk_free_gb=None if hw.disk_free_bytes is None else _gb(hw.disk_free_bytes), settings=settings,
-        stages=stages, notes=tuple(notes))
+        stages=stages, notes=tuple(notes), quantize=quantize.to_dict())
 
 
 def max_bpw_that_fits(info: ModelInfo, hw: HardwareProfile, stage: str = "chat", *,
                       allow_offload: bool = False, **kwargs: Any) -> float | None:
     """The largest budget in [2, 16] (to 0.01 bit) at which `stage` runs on this machine's best device
-    ("gpu", or "cpu" without an accelerator; "offload" too if allowed), or None if even 2 bits do not."""
-    if stage not in STAGES:
-        raise BadInputError(f"unknown stage {stage!r}", hint=f"Use one of: {', '.join(STAGES)}.")
-    ok = {"gpu"} if accelerator(hw).kind != "cpu" else {"cpu"}
+    ("gpu", or "cpu" without an accelerator or for a stage that always runs there; "offload" too if allowed), or
+    None if even 2 bits do not."""
+    if stage not in ALL_STAGES:
+        raise BadInputError(f"unknown stage {stage!r}", hint=f"Use one of: {', '.join(ALL_STAGES)}.")
+    quantize = kwargs.get("quantize")
+    if stage in DISTILL_STAGES and not (quantize is not None and quantize.distills):
+        raise BadInputError(f"the {stage} stage runs only when the quantize job distils",
+                            hint="Plan with quantize settings whose distill_epochs is above 0.")
+    ok = {"gpu"} if accelerator(hw).kind != "cpu" and stage not in CPU_STAGES else {"cpu"}
     if allow_offload:
         ok.add("offload")
 
@@ -335,8 +352,42 @@ def _calibrate(info: ModelInfo, bpw: float, kind: str, settings: QuantizeSetting
                  disk=quantized_bytes(info, bpw))
     need.notes.append(f"{settings.calib_samples} samples × {settings.calib_seq_len} tokens, mini-batches of "
                       f"{min(settings.calib_batch, settings.calib_samples)}; full-precision and quantized-stream "
-                      "activations kept for every sample; one block tuned at a time; the quantized model is then "
-                      f"evaluated on the CPU at a window of {settings.eval_window}")
+                      "activations kept for every sample; one block tuned at a time; "
+                      + ("then distilled" if settings.distills else
+                         f"the quantized model is then evaluated on the CPU at a window of {settings.eval_window}"))
+    return need
+
+
+_FAST_BF16_FLAGS = ("avx512_bf16", "amx_tile", "amx_bf16")  # engine/finetune/qsft.py: cpu_has_fast_bf16
+
+
+def cpu_bf16(hw: HardwareProfile) -> bool:
+    """Whether training on this machine's CPU multiplies in bf16 (engine/finetune/qsft.py: resolve_compute_dtype's
+    "auto": CPUs with AVX512-BF16 or AMX), else fp32."""
+    return any(f in _FAST_BF16_FLAGS for f in hw.cpu.flags)
+
+
+def _teacher(info: ModelInfo, kind: str, settings: QuantizeSettings, streamed: bool, ram_available: int) -> _Need:
+    _, host = _runtime(kind, pipeline=True)
+    work = pq.teacher_terms(info, settings, streamed, stream_activation_budget(ram_available))
+    need = _Need(host={**host, **_pipeline_host(info, streamed), **pq.text_terms(False), **work},
+                 disk=pq.teacher_target_bytes(settings))
+    need.notes.append(f"the full-precision model's top {settings.distill_top_k} next tokens on "
+                      f"{pq.teacher_windows(settings)} windows × {settings.distill_seq_len} tokens, one window at a "
+                      "time on the CPU (where the pipeline loads the model), kept for distillation")
+    return need
+
+
+def _distill(info: ModelInfo, bpw: float, kind: str, settings: QuantizeSettings, streamed: bool,
+             bf16: bool) -> _Need:
+    _, host = _runtime(kind, pipeline=True)
+    work = pq.distill_terms(info, bpw, _int4_share(bpw), settings, bf16)
+    need = _Need(host={**host, **_pipeline_host(info, streamed), **pq.text_terms(False), **work})
+    need.notes.append(f"{settings.distill_epochs} epoch{'s' if settings.distill_epochs != 1 else ''} over "
+                      f"{settings.distill_samples} windows × {settings.distill_seq_len} tokens on the CPU: one "
+                      "window's forward and backward through the whole quantized model at a time, every linear's "
+                      f"dequantized weight kept for it in {'bf16' if bf16 else 'fp32'}; then the quantized model is "
+                      f"evaluated at a window of {settings.eval_window}")
     return need
 
 

@@ -1,11 +1,12 @@
-"""Memory of the quantize job's measure and calibrate stages, term by term, for engine/plan.py.
+"""Memory of the quantize job's measure, teacher, calibrate and distill stages, term by term, for engine/plan.py.
 
 Each term counts the tensors the code holds at the stage's peak × their shapes × their dtype (engine/search/
 measure.py and measure_stream.py, engine/calibrate/, engine/eval/perplexity.py, engine/model_stream.py), plus
 what the process itself takes (measured). Host terms are RAM; on a CUDA machine calibration puts one block, its
 tuning state and activations on the GPU (`device`), the activation streams there when they fit (`prefer`), the
 rest in RAM (`host`). The pipeline measures and evaluates on the CPU, where the model is loaded, whatever the
-machine. Checked against measured peaks of real jobs: docs/benchmarks/plan.md, tests/engine/test_plan.py.
+machine; the teacher and distill stages of end-to-end distillation run on the CPU too (engine/calibrate/e2e.py).
+Checked against measured peaks of real jobs: docs/benchmarks/plan.md, tests/engine/test_plan.py.
 Torch-free.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
+from bitsmith.engine.errors import BadInputError
 from bitsmith.engine.modelinfo import ModelInfo
 
 F32 = 4
@@ -55,8 +57,10 @@ GLIBC_MMAP_THRESHOLD_MAX = 32 * MIB
 @dataclass(frozen=True)
 class QuantizeSettings:
     """What a quantize job runs with (engine/pipeline/presets.py): candidate formats measured, the measure and
-    calibration windows, the calibration mini-batch, the perplexity window and tokens, and streaming
-    (None: the pipeline's own rule, engine/plan.py: loads_whole)."""
+    calibration windows, the calibration mini-batch, the perplexity window and tokens, streaming (None: the
+    pipeline's own rule, engine/plan.py: loads_whole), and end-to-end distillation (engine/calibrate/e2e.py: epochs,
+    0 for none; its training windows and their length, the held-out windows, the optimizer's batch of windows, the
+    teacher's k, whether zero-points train as well as scales)."""
 
     formats: int = 3  # the default preset's candidate formats
     measure_samples: int = 16
@@ -67,27 +71,49 @@ class QuantizeSettings:
     eval_window: int = 512
     eval_tokens: int = 32768
     stream: bool | None = None
+    distill_epochs: int = 0
+    distill_samples: int = 32  # engine/pipeline/presets.py: Preset's defaults
+    distill_seq_len: int = 512
+    distill_val_samples: int = 4  # engine/calibrate/e2e.py: DistillConfig's defaults (which imports torch)
+    distill_batch: int = 4
+    distill_top_k: int = 32
+    distill_zeros: bool = False
+
+    @property
+    def distills(self) -> bool:
+        """Whether the job runs the teacher and distill stages."""
+        return self.distill_epochs > 0
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return asdict(self)
 
     @classmethod
-    def from_preset(cls, name: str, device: str = "cpu", stream: bool | None = None) -> QuantizeSettings:
-        """The settings `bitsmith quantize --preset NAME` runs with on a device of this kind ("cpu", "cuda", ...):
-        the preset's measure and evaluation windows and formats, and the calibration preset it names (with its CPU
-        overrides on a CPU, as engine/pipeline/quantize.py: calibration_settings applies them)."""
+    def from_preset(cls, name: str, device: str = "cpu", stream: bool | None = None,
+                    distill_epochs: int | None = None) -> QuantizeSettings:
+        """The settings `bitsmith quantize --preset NAME [--distill-epochs N]` runs with on a device of this kind
+        ("cpu", "cuda", ...): the preset's measure and evaluation windows and formats, the calibration preset it
+        names (with its CPU overrides on a CPU, as engine/pipeline/quantize.py: calibration_settings applies them),
+        and its distillation (epochs as given, else the preset's; the rest DistillConfig's defaults, as
+        engine/pipeline/quantize.py: distill_settings)."""
         from bitsmith.engine.calibrate.config import CalibConfig
         from bitsmith.engine.pipeline.presets import get_preset
+        from bitsmith.engine.quant.spec import parse_spec
 
         preset = get_preset(name)
         cpu = device.split(":")[0] == "cpu"
         calib = CalibConfig.preset(preset.calib_preset, device=device, **(dict(preset.cpu_calib_overrides) if cpu
                                                                           else {}))
+        epochs = preset.distill_epochs if distill_epochs is None else distill_epochs
+        if not isinstance(epochs, int) or epochs < 0:
+            raise BadInputError(f"distillation epochs must be a whole number ≥ 0, got {epochs!r}")
+        specs = [parse_spec(f) for f in preset.formats]
         return cls(formats=len(preset.formats), measure_samples=preset.measure_samples,
                    measure_seq_len=preset.measure_seq_len, calib_samples=calib.samples, calib_seq_len=calib.seq_len,
                    calib_batch=calib.batch_size, eval_window=preset.eval_window, eval_tokens=preset.eval_tokens,
-                   stream=stream)
+                   stream=stream, distill_epochs=epochs, distill_samples=preset.distill_samples,
+                   distill_seq_len=preset.distill_seq_len,
+                   distill_zeros=any(s.float_zeros or s.double_quant_zeros for s in specs))
 
 
 def dims(info: ModelInfo) -> tuple[int, int, int, int, int]:
@@ -242,7 +268,8 @@ def calibrate_block_terms(info: ModelInfo, samples: int, seq_len: int, batch: in
 
 def calibrate_terms(info: ModelInfo, bpw: float, s: QuantizeSettings, streamed: bool, amp: bool,
                     on_accelerator: bool) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """(device, prefer, host) bytes of calibration and the evaluation after it, beyond what the job keeps loaded.
+    """(device, prefer, host) bytes of calibration and the evaluation after it, beyond what the job keeps loaded
+    (with distillation the evaluation follows the distill stage instead, and the teacher's targets are kept).
 
     Nothing returns the C heap between calibration and the evaluation of the quantized model, so on the CPU the
     evaluation runs next to the heap calibration grew: its small tensors (KV cache, activations, a dequantized
@@ -254,8 +281,106 @@ def calibrate_terms(info: ModelInfo, bpw: float, s: QuantizeSettings, streamed: 
     if streamed or on_accelerator:  # the block being tuned, read from the files or moved to the device
         tuning["block_fp32"] = block_params(info) * F32
     quantized = {"quantized_linears": quantized_linear_bytes(info, bpw)}
+    if s.distills:
+        quantized["teacher_targets"] = teacher_target_bytes(s)
     if on_accelerator:
-        return tuning, streams, {**quantized, **evaluate_terms(info, s.eval_window, quantized=True)}
+        evaluation = {} if s.distills else evaluate_terms(info, s.eval_window, quantized=True)
+        return tuning, streams, {**quantized, **evaluation}
     logits = s.eval_window * info.vocab_size * F32
-    evaluation = {"eval_logits": 2 * logits} if logits >= GLIBC_MMAP_THRESHOLD_MAX else {}
+    evaluation = {"eval_logits": 2 * logits} if logits >= GLIBC_MMAP_THRESHOLD_MAX and not s.distills else {}
     return {}, {}, {**streams, **tuning, **quantized, **evaluation}
+
+
+# ---- end-to-end distillation (engine/calibrate/e2e.py) ------------------------------------------------------------
+# Both stages run on the CPU, where the pipeline keeps the model (calibration moves each block back), whatever the
+# machine: the teacher before calibration (the full-precision model's top-k next-token distribution on the windows),
+# distill after it (Adam on every QuantLinear's log-scales, zero-points where they train, and the norms; one window's
+# forward and backward through the whole quantized model at a time, against the teacher).
+
+TEACHER_ID_BYTES = 8 + 4  # per token: its id (int64) and the probability of the tokens outside the k (fp32)
+TEACHER_K_BYTES = 4 + 2  # per token and k: the index (int32) and the probability (fp16)
+LOSS_LOGIT_BUDGET = 1 << 26  # engine/finetune/loss.py: LOGIT_BUDGET, logit elements per chunk of the loss
+STREAM_BLOCK_BATCH = 8  # engine/stream_forward.py: BATCH, windows through one block at a time
+# A trained statistic holds, at the peak: its fp32 value, gradient, Adam's two moments, the kept best copy, and the
+# scales the forward exponentiated and autograd saved; the snapshot taken to fall back to adds the layer's own
+# 16-bit scale and zero per group.
+DISTILL_STAT_BYTES = 6 * F32
+DISTILL_SNAPSHOT_BYTES = 2 * BF16
+# glibc serves a request above its mmap threshold from a free chunk of the heap when one is large enough, before it
+# maps fresh memory. After the heap is trimmed (engine/memory.py: release_free_memory, before distillation) its free
+# chunks hold no pages; steps that allocate and free a chunk of logits after another land them at shifting places in
+# those chunks and leave the pages resident. Measured (plan.md): about three chunks of logits beyond the live set
+# (+290 to +330 MiB at 512 × 49152 × 4 B each) on SmolLM2 and on hidden 1024, whole and streamed.
+HEAP_REUSE_WINDOWS = 3
+
+
+def teacher_windows(s: QuantizeSettings) -> int:
+    """Windows the teacher scores: the training windows and the held-out ones."""
+    return s.distill_samples + s.distill_val_samples
+
+
+def teacher_target_bytes(s: QuantizeSettings) -> int:
+    """The teacher's targets, kept from the teacher stage to the end of distillation."""
+    return teacher_windows(s) * s.distill_seq_len * (TEACHER_ID_BYTES + s.distill_top_k * TEACHER_K_BYTES)
+
+
+def distill_token_bytes(info: ModelInfo) -> int:
+    """What autograd keeps per token of one block for distillation's backward (fp32, the pipeline's model dtype): the
+    input and output of both norms (4h); the rotated queries, the keys and values (repeated to the query width on the
+    CPU), the attention output and its contiguous copy for o_proj (5q); the MLP's gate, its activation, up and their
+    product (4i). Counted with saved-tensor hooks on SmolLM2 and hidden 1024 (docs/benchmarks/plan.md: within 1 %)."""
+    h, inter, q, _, _ = dims(info)
+    return (4 * h + 5 * q + 4 * inter) * F32
+
+
+def stat_groups(info: ModelInfo, int4_share: float) -> int:
+    """Quantization groups of every linear (one scale and one zero each) for a layout with this share of 128-wide
+    groups (INT4/INT3 g128) against 64-wide ones (INT2 g64); shorter last groups count whole."""
+    return int(sum(lin.out_features * (int4_share * -(-lin.in_features // 128)
+                                       + (1 - int4_share) * -(-lin.in_features // 64)) for lin in info.linears))
+
+
+def teacher_terms(info: ModelInfo, s: QuantizeSettings, streamed: bool, budget: int) -> dict[str, int]:
+    """Host bytes of the teacher stage beyond what the job keeps loaded: the targets gathered so far, and one
+    window's forward at a time (no gradients, the heap handed back after each window): a block's activations, the
+    window's logits and, while its top k and log-sum-exp are taken, the exponentials logsumexp makes (as large).
+    Streamed (engine/stream_forward.py: window_logits), the hidden states of the windows of one pass, and the block
+    read from the files (fp32) with a batch of windows through it, whose activations are still in the heap when the
+    head computes the first window's logits."""
+    t, h, v = s.distill_seq_len, info.hidden_size, info.vocab_size
+    terms = {"teacher_targets": teacher_target_bytes(s), "teacher_logits": 2 * t * v * F32}
+    if streamed:
+        per_pass = max(1, min(teacher_windows(s), budget // max(t * h * F32, 1)))
+        return {**terms, "teacher_hidden_states": per_pass * t * h * F32, "block_fp32": block_params(info) * F32,
+                "block_activations": min(STREAM_BLOCK_BATCH, per_pass) * t * infer_token_bytes(info, F32)}
+    return {**terms, "teacher_activations": t * infer_token_bytes(info, F32)}
+
+
+def distill_terms(info: ModelInfo, bpw: float, int4_share: float, s: QuantizeSettings,
+                  bf16: bool) -> dict[str, int]:
+    """Host bytes of the distill stage and the evaluation after it, beyond what the job keeps loaded (the
+    quantized linears and the teacher's targets included).
+
+    At a step's peak (the loss of one window, every block's forward kept for the backward): the saved activations;
+    each linear's dequantized weight, which QSFTLinear keeps from the forward for the backward on the CPU (bf16 where
+    the CPU multiplies bf16, `bf16`, else fp32); the trained statistics with their gradients, Adam state and copies;
+    the loss's chunk of logits, its softmax and their 16-bit copy, with the head's weight in the compute dtype; and
+    the heap those logits re-populate after the trim that starts the stage (HEAP_REUSE_WINDOWS). The evaluation of
+    the quantized model follows in that heap; its logits (2 × window × V × 4 B) take the place of the loss's, so the
+    stage's peak has the larger of the two."""
+    t, h, v = s.distill_seq_len, info.hidden_size, info.vocab_size
+    cd = BF16 if bf16 else F32
+    groups = stat_groups(info, int4_share)
+    trained = groups * (2 if s.distill_zeros else 1)
+    chunk = min(t, max(16, LOSS_LOGIT_BUDGET // max(v, 1)))
+    terms = {
+        "quantized_linears": quantized_linear_bytes(info, bpw),
+        "teacher_targets": teacher_target_bytes(s),
+        "distill_activations": info.num_layers * t * distill_token_bytes(info) + 3 * t * h * F32,
+        "dequantized_weights": info.linear_params * cd,
+        "distill_statistics": trained * DISTILL_STAT_BYTES + groups * DISTILL_SNAPSHOT_BYTES,
+        "c_heap_reuse": HEAP_REUSE_WINDOWS * chunk * v * F32,
+    }
+    loss = {"distill_logits": chunk * v * (F32 + F32 + cd) + (v * h * cd if bf16 else 0)}
+    evaluation = {"eval_logits": head_bytes(info, s.eval_window, 2)}
+    return {**terms, **_max_terms(loss, evaluation)}

@@ -64,10 +64,11 @@ PRESETS = (("demo", "Demo — a few minutes, rough"), ("default", "Default — b
            ("best", "Best — slow, highest quality"))
 PRESET_TIPS = {
     "demo": "Little calibration data and few iterations: to try the pipeline on a new model",
-    "default": "Block-wise calibration with the presets' three formats: the usual choice",
-    "best": "More calibration iterations and samples than Default, then end-to-end distillation from the "
-            "full-precision model (tunes every scale and norm against its next-token distribution): several times "
-            "as long as Default",
+    "default": "Block-wise calibration with the presets' three formats, then end-to-end distillation from the "
+               "full-precision model (tunes every scale and norm against its next-token distribution): the usual "
+               "choice",
+    "best": "More calibration iterations and samples than Default and a longer measurement, then the same "
+            "end-to-end distillation: several times as long as Default",
 }
 GIB = 2**30
 PLAN_GPU_KEY, PLAN_RAM_KEY = "quantize/plan_gpu_gb", "quantize/plan_ram_gb"  # the user's planning memory (GB)
@@ -477,6 +478,7 @@ class QuantizePage(QWidget):
         form.addRow("", self.out_note)
         v.addLayout(form)
         self.advanced = AdvancedOptions()
+        self.advanced.changed.connect(self._update_budget)  # loading whole or streamed changes the memory figures
         v.addWidget(self.advanced)
         self.budget_curve = LineChart("", "bits per weight", "")
         v.addWidget(self.budget_curve, 1)
@@ -848,16 +850,15 @@ class QuantizePage(QWidget):
             self.vram_label.setText("Choose a model first")
             return
         fig = qb.figures(self.info, self.bpw(), self.planning_profile(),
-                         local=self.source == "bundled" or Path(self.source).exists())
+                         local=self.source == "bundled" or Path(self.source).exists(),
+                         preset=self.preset_combo.currentData(), stream=self.advanced.params()["stream"])
         self._show_plan_override()
         self.figures = fig
         self.size_label.setText(f"{fig.size_gb * 1024:,.0f} MB  (from {fig.source16_gb * 1024:,.0f} MB in 16 bits)"
                                 if fig.size_gb < 1 else f"{fig.size_gb:.2f} GB  (from {fig.source16_gb:.2f} GB)")
         self.vram_label.setText(fig.chat_text())
         if fig.calibrate_verdict is not None:
-            where = {"gpu": "on the GPU", "offload": "partly on the GPU", "cpu": "on the CPU (slow for big models)",
-                     "no_fit": "— not enough memory on this machine"}[fig.calibrate_verdict]
-            self.calib_label.setText(f"Calibration runs {where}.")
+            self.calib_label.setText(fig.quantize_text())
         if not self._out_edited:
             self.out_edit.setText(str(qb.default_output(self.services.models_dir(), self.source, self.bpw())))
         self._draw_budget_chart()

@@ -1,6 +1,6 @@
 """The numbers behind the Quantize wizard's budget step, torch-free: the smallest feasible budget, the planner's
-size and chat-memory figures (for the detected machine or the memory the user plans for), and where the output
-goes. Kept apart from the widgets so tests can check them."""
+size, chat-memory and quantize-job figures (for the detected machine or the memory the user plans for, with the
+chosen effort preset and loading), and where the output goes. Kept apart from the widgets so tests can check them."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ class BudgetFigures:
     chat_ram_gb: float | None
     chat_gap_gb: float | None
     calibrate_verdict: str | None
+    distill_verdict: str | None = None  # None: the preset does not distil (or no hardware yet)
+    distill_ram_gb: float | None = None
+    distill_gap_gb: float | None = None
 
     def chat_text(self) -> str:
         """A sentence about running the result in chat on this machine."""
@@ -65,9 +68,36 @@ class BudgetFigures:
             return f"Chat runs on the CPU: {self.chat_ram_gb:.2f} GB of RAM"
         return f"Won't fit for chat: {self.chat_gap_gb:.2f} GB short"
 
+    def quantize_text(self) -> str:
+        """A sentence about the quantize job on this machine: where calibration runs, and whether the preset's
+        distillation (on the CPU, whatever the machine) fits too; '' before hardware is known."""
+        if self.calibrate_verdict is None:
+            return ""
+        where = {"gpu": "on the GPU", "offload": "partly on the GPU", "cpu": "on the CPU (slow for big models)",
+                 "no_fit": "— not enough memory on this machine"}[self.calibrate_verdict]
+        text = f"Calibration runs {where}."
+        if self.distill_verdict == "no_fit":
+            text += f" Distillation after it won't fit: {self.distill_gap_gb:.2f} GB of RAM short."
+        elif self.distill_verdict is not None:
+            text += f" Distillation after it runs on the CPU: {self.distill_ram_gb:.2f} GB of RAM."
+        return text
 
-def figures(info: ModelInfo, bpw: float, profile: dict[str, Any] | None, *, local: bool) -> BudgetFigures:
-    """The planner's figures for `info` at `bpw` on the detected machine (`profile`, a hardware job's dict)."""
+
+def quantize_settings(preset: str, profile: dict[str, Any], stream: bool | None = None) -> Any:
+    """The settings the quantize job runs with for an effort preset and a loading choice (None: the engine decides)
+    on the machine of `profile`: calibration on a CUDA GPU when the plan uses one, else on the CPU (the pipeline's
+    rule, engine/pipeline/quantize.py)."""
+    from bitsmith.engine.hardware import HardwareProfile
+    from bitsmith.engine.plan_quantize import QuantizeSettings
+
+    device = "cuda" if HardwareProfile.from_dict(profile).best_device.startswith("cuda") else "cpu"
+    return QuantizeSettings.from_preset(preset, device, stream)
+
+
+def figures(info: ModelInfo, bpw: float, profile: dict[str, Any] | None, *, local: bool, preset: str = "default",
+            stream: bool | None = None) -> BudgetFigures:
+    """The planner's figures for `info` at `bpw` on the detected machine (`profile`, a hardware job's dict), for the
+    quantize job of effort `preset` loading the model whole, streamed or as the engine decides (`stream`)."""
     from bitsmith.engine.plan import plan_model, quantized_bytes
 
     size = quantized_bytes(info, bpw) / GIB
@@ -76,9 +106,14 @@ def figures(info: ModelInfo, bpw: float, profile: dict[str, Any] | None, *, loca
         return BudgetFigures(bpw, size, src16, None, None, None, None, None)
     from bitsmith.engine.hardware import HardwareProfile
 
-    plan = plan_model(info, bpw, HardwareProfile.from_dict(profile), source_on_disk=local)
+    plan = plan_model(info, bpw, HardwareProfile.from_dict(profile), source_on_disk=local,
+                      quantize=quantize_settings(preset, profile, stream))
     chat, calib = plan.stages["chat"], plan.stages["calibrate"]
-    return BudgetFigures(bpw, size, src16, chat.verdict, chat.gpu_gb, chat.cpu_gb, chat.gap_gb, calib.verdict)
+    distill = max((plan.stages[s] for s in ("teacher", "distill") if s in plan.stages), key=lambda e: e.gap_gb,
+                  default=None)  # the stricter of the two distillation stages
+    return BudgetFigures(bpw, size, src16, chat.verdict, chat.gpu_gb, chat.cpu_gb, chat.gap_gb, calib.verdict,
+                         distill.verdict if distill else None, distill.cpu_gb if distill else None,
+                         distill.gap_gb if distill else None)
 
 
 def detected_memory_gb(profile: dict[str, Any]) -> tuple[float, float]:

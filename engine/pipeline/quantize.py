@@ -22,6 +22,7 @@ from bitsmith.engine.data import load_text, token_windows
 from bitsmith.engine.errors import BadInputError
 from bitsmith.engine.eval.perplexity import perplexity
 from bitsmith.engine.jobs import JobContext, job
+from bitsmith.engine.memory import release_free_memory
 from bitsmith.engine.model import _cache_root, load_model
 from bitsmith.engine.pipeline.loading import source_identity
 from bitsmith.engine.pipeline.presets import Preset, get_preset
@@ -324,8 +325,15 @@ def _teacher(ctx: JobContext, model: Any, calib_ids: list[int], preset: Preset, 
         streamed, ids, check_cancel=ctx.check_cancel)
 
     def rows():
-        for done, logits in enumerate(logit_rows, 1):
+        done = 0  # not enumerate: its cached result tuple would hold each window's logits through the next forward
+        for logits in logit_rows:
             yield logits
+            del logits
+            # a window's logits (and their temporaries) are served from the heap an earlier stage freed and land
+            # at shifting places in it: without handing the pages back, the stage grew by a window's logits every
+            # few windows (SmolLM2, 36 windows: +1.3 GB; docs/benchmarks/plan.md)
+            release_free_memory()
+            done += 1
             ctx.progress(done, ids.shape[0])
 
     teacher = teacher_targets(ids, rows(), config.top_k, check_cancel=ctx.check_cancel)
@@ -338,6 +346,7 @@ def _distill(ctx: JobContext, model: Any, teacher: Any, preset: Preset) -> dict:
     from bitsmith.engine.calibrate.e2e import distill
 
     config = distill_settings(preset)
+    release_free_memory()  # calibration's freed heap, fragmented by its tuning steps: training starts clean
     ctx.stage("distill", total=None)
     report = distill(model, teacher, config, on_progress=lambda done, total: ctx.progress(done, total),
                      check_cancel=ctx.check_cancel, log=ctx.log)

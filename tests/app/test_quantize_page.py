@@ -273,3 +273,67 @@ def test_planning_profile_plans_for_another_machine(gpu_profile) -> None:  # noq
     assert qb.detected_memory_gb(qb.planning_profile(mac, gpu_gb=8.0))[0] == pytest.approx(8.0, abs=1e-6)
     none = qb.planning_profile(mac, gpu_gb=0.0)
     assert none["best_device"] == "cpu" and qb.detected_memory_gb(none)[0] == 0.0
+
+
+def test_budget_verdicts_follow_the_preset_and_the_loading(qtbot, page, home: Path) -> None:  # noqa: ANN001
+    """The memory verdicts plan the job the wizard would start: the effort preset (and its distillation) and the
+    Advanced panel's loading choice, recomputed when either changes. RAM is set between the planner's needs so the
+    choices flip them: distillation (best) fits streamed but not whole; calibration fits the demo preset whole but
+    not the default's."""
+    from bitsmith.app.chat.models import bundled_path
+    from bitsmith.engine.hardware import CpuInfo
+    from bitsmith.engine.modelinfo import ModelInfo
+    from bitsmith.engine.plan import plan_model
+    from bitsmith.engine.plan_quantize import QuantizeSettings
+
+    if bundled_path() is None:
+        pytest.skip("the bundled SmolLM2 GGUF is not installed")
+    info = ModelInfo.from_gguf(bundled_path(), "SmolLM2-135M-Instruct")
+    gib = 2**30
+
+    def machine(ram_gb: float) -> dict:
+        return HardwareProfile(cpu=CpuInfo("Test CPU", "x86_64", 8, 16, ["avx2"]), ram_total_bytes=32 * gib,
+                               ram_available_bytes=int(ram_gb * gib), disk_path="/",
+                               disk_free_bytes=500 * gib).to_dict()
+
+    def stage(profile: dict, preset: str, stream: bool | None, name: str):  # noqa: ANN202
+        settings = QuantizeSettings.from_preset(preset, "cpu", stream)
+        return plan_model(info, 3.0, HardwareProfile.from_dict(profile), source_on_disk=True,
+                          quantize=settings).stages[name]
+
+    probe = machine(64)
+    whole, streamed = (stage(probe, "best", s, "distill").cpu_gb for s in (False, True))
+    assert streamed < whole  # streamed, the fp32 model is not held: only what lies outside the blocks
+    profile = machine((whole + streamed) / 2)
+    page.services.hardware.profile = profile
+    page.services.hardware.profile_changed.emit(profile)
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.step() == 1, timeout=60_000)
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    assert page.step() == 2
+    qtbot.mouseClick(page.preset_buttons[3.0], Qt.MouseButton.LeftButton)
+    page.advanced.loading_combo.setCurrentIndex(1)  # whole model in memory
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("demo"))
+    assert page.calib_label.text() == "Calibration runs on the CPU (slow for big models)."  # demo: no distillation
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("best"))
+    est = stage(profile, "best", False, "distill")
+    assert est.verdict == "no_fit" and page.calib_label.text().endswith(
+        f"Distillation after it won't fit: {est.gap_gb:.2f} GB of RAM short.")
+    page.advanced.loading_combo.setCurrentIndex(2)  # streamed: the same preset now fits
+    est = stage(profile, "best", True, "distill")
+    assert est.verdict == "cpu" and page.calib_label.text().endswith(
+        f"Distillation after it runs on the CPU: {est.cpu_gb:.2f} GB of RAM.")
+    assert page.job_params()["stream"] is True and page.job_params()["preset"] == "best"
+    # Calibration's own verdict: RAM between the demo's and the default's needs, loading whole.
+    demo, default = (stage(probe, p, False, "calibrate").cpu_gb for p in ("demo", "default"))
+    assert demo < default
+    profile = machine((demo + default) / 2)
+    page.services.hardware.profile = profile
+    page.services.hardware.profile_changed.emit(profile)
+    page.advanced.loading_combo.setCurrentIndex(1)
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("default"))
+    assert stage(profile, "default", False, "calibrate").verdict == "no_fit"
+    assert page.calib_label.text().startswith("Calibration runs — not enough memory on this machine.")
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("demo"))
+    assert stage(profile, "demo", False, "calibrate").verdict == "cpu"
+    assert page.calib_label.text() == "Calibration runs on the CPU (slow for big models)."

@@ -2,9 +2,12 @@
 
 Runs the quantize job in this process (as `bitsmith quantize` does) with tests/benchmarks/rss_probe.py tracking
 the kernel's high-water mark per stage (reset at every stage and sub-stage event: load, evaluate-fp,
-measure-*, search, capture, calibrate, evaluate, save), optionally labelling the calls inside calibration and
-measurement (--probe), and prints one JSON line: per-stage peaks, the planner's figures for the same settings
-and the machine's available RAM. Run one at a time, each in its own process, e.g.
+measure-*, search, teacher, capture, calibrate, distill, evaluate, save), optionally labelling the calls inside
+calibration, measurement and distillation (--probe), and prints one JSON line: per-stage peaks, the planner's figures
+for the same settings and the machine's available RAM. `--distill-epochs N` turns on end-to-end distillation (the
+teacher and distill stages), `--distill-samples` cuts its windows, `--iters` / `--eval-tokens` cut calibration and
+the evaluations (none of the three changes what is held at once, only how long it takes). Run one at a time, each
+in its own process, e.g.
 
     OMP_NUM_THREADS=1 BITSMITH_HOME=$(mktemp -d) /usr/bin/time -v .venv/bin/python \
         tests/benchmarks/bench_plan_rss.py <SmolLM2 folder> --bpw 3.0 --preset demo --no-stream --report r.json
@@ -39,8 +42,9 @@ def trim_heap() -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def planner_figures(source: str, bpw: float, preset_name: str, stream: bool | None, ram_available: int) -> dict:
-    """engine/plan.py's measure and calibrate cpu_gb (and breakdowns) for the settings the job runs with."""
+def planner_figures(source: str, bpw: float, preset_name: str, stream: bool | None, ram_available: int,
+                    distill_epochs: int | None = None) -> dict:
+    """engine/plan.py's quantize-stage cpu_gb (and breakdowns) for the settings the job runs with."""
     from bitsmith.engine.hardware import detect
     from bitsmith.engine.modelinfo import ModelInfo
     from bitsmith.engine.plan import plan_model
@@ -48,13 +52,14 @@ def planner_figures(source: str, bpw: float, preset_name: str, stream: bool | No
 
     hw = dataclasses.replace(detect(), ram_available_bytes=ram_available)
     plan = plan_model(ModelInfo.from_path(source), bpw, hw, source_on_disk=True,
-                      quantize=QuantizeSettings.from_preset(preset_name, "cpu", stream))
+                      quantize=QuantizeSettings.from_preset(preset_name, "cpu", stream, distill_epochs=distill_epochs))
     return {stage: {"cpu_gb": plan.stages[stage].cpu_gb, "breakdown": plan.stages[stage].breakdown}
-            for stage in ("measure", "calibrate")}
+            for stage in ("measure", "teacher", "calibrate", "distill") if stage in plan.stages}
 
 
 def add_probes(tracker: StageTracker) -> None:
     """Label the calls that hold memory inside the stages (the engine's code is unchanged: names are rebound)."""
+    import bitsmith.engine.calibrate.e2e as e2e
     import bitsmith.engine.calibrate.pipeline as cp
     import bitsmith.engine.calibrate.runner as cr
     import bitsmith.engine.calibrate.signround as sr
@@ -72,11 +77,14 @@ def add_probes(tracker: StageTracker) -> None:
         (cr, ("run_block",)),
         (mst, ("_forward", "_top_gradients", "_backward_block", "capture_block_inputs")),
         (sf, ("run_blocks", "capture_block_inputs")),
+        (e2e, ("teacher_targets", "save_teacher", "_stat_snapshot", "wrap_model", "unwrap_model", "chunked_lm_loss")),
     ):
         for name in names:
             if hasattr(mod, name):
                 probe(mod, name, tracker, f"{mod.__name__.rsplit('.', 1)[-1]}.{name}")
     probe(ms.StreamedModel, "load_block", tracker, "StreamedModel.load_block")
+    for name in ("loss", "val_loss", "_epoch"):
+        probe(e2e._Distiller, name, tracker, f"e2e._Distiller.{name}")
     probe(ms, "open_streamed", tracker, "model_stream.open_streamed")
 
 
@@ -92,6 +100,11 @@ def main() -> None:
     parser.add_argument("--trim", action="store_true", help="at every stage event, collect garbage and return the "
                         "C heap's free memory to the system (glibc malloc_trim) before the stage's peak is tracked: "
                         "a stage's rise is then its own working set, its start what is really live")
+    parser.add_argument("--distill-epochs", type=int, default=None, help="end-to-end distillation epochs (the "
+                        "preset's when not given)")
+    parser.add_argument("--distill-samples", type=int, default=None, help="distillation windows (the preset's)")
+    parser.add_argument("--iters", type=int, default=None, help="calibration iterations on the CPU (the preset's)")
+    parser.add_argument("--eval-tokens", type=int, default=None, help="evaluation tokens (the preset's)")
     args = parser.parse_args()
 
     import psutil
@@ -103,8 +116,18 @@ def main() -> None:
     import transformers  # noqa: F401
 
     from bitsmith.engine.jobs import JobContext
+    from bitsmith.engine.pipeline import presets
     from bitsmith.engine.pipeline.quantize import run_quantize
 
+    preset = presets.get_preset(args.preset)
+    if args.iters is not None:
+        preset = dataclasses.replace(preset, cpu_calib_overrides=tuple(
+            {**dict(preset.cpu_calib_overrides), "iters": args.iters}.items()))
+    if args.eval_tokens is not None:
+        preset = dataclasses.replace(preset, eval_tokens=args.eval_tokens)
+    if args.distill_samples is not None:
+        preset = dataclasses.replace(preset, distill_samples=args.distill_samples)
+    presets.PRESETS[args.preset] = preset  # the planner below reads the same preset
     after_import = rss_bytes()
     if args.probe:
         add_probes(tracker)
@@ -122,7 +145,7 @@ def main() -> None:
     started = time.perf_counter()
     ctx = JobContext(emit, Path(tempfile.mkdtemp(prefix="bench_plan_job-")))
     run_quantize(ctx, {"source": args.source, "bpw": args.bpw, "out": out, "preset": args.preset,
-                       "stream": args.stream})
+                       "stream": args.stream, "distill_epochs": args.distill_epochs})
     tracker.stage("end")
     report = tracker.finish()
     peaks = tracker.stage_peaks()
@@ -132,7 +155,9 @@ def main() -> None:
         "ram_available": ram_available, "rss_python": BASE, "rss_after_import": after_import,
         "seconds": round(time.perf_counter() - started, 1),
         "stage_peaks_mib": {k: round(v / 2**20, 1) for k, v in peaks.items()},
-        "planner": planner_figures(args.source, args.bpw, args.preset, args.stream, ram_available),
+        "distill_epochs": args.distill_epochs, "distill_samples": preset.distill_samples, "iters": args.iters,
+        "eval_tokens": preset.eval_tokens,
+        "planner": planner_figures(args.source, args.bpw, args.preset, args.stream, ram_available, args.distill_epochs),
         "events": events,
     }
     if args.report:

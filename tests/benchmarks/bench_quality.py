@@ -428,6 +428,11 @@ def _times(rec: dict) -> str:
     return f"{rec['seconds']:.0f} | {rec['cpu_s']:.0f}" if "seconds" in rec else " | "
 
 
+def distill_target(rec: dict) -> str:
+    """What a distilled record's teacher target and learning rates were (records before session 6 lack the field)."""
+    return rec.get("distill_target") or "top-32 renormalised, lr 0.0001, norm lr 0.0001"
+
+
 def superseded(rec: dict) -> bool:
     """A Bitsmith run of an older folder format (it packed some width differently), or distilled against the
     renormalised top k at lr 1e-4 (before the teacher's rest was kept, session 6): run it again."""
@@ -463,7 +468,7 @@ def _verdict(budget: float, mine: dict | None, peers: list[dict], fp: dict | Non
         return f"| {budget:.1f} | – | – | – | no Bitsmith result |"
     formats = ", ".join(mine.get("formats") or LEGACY_FORMATS)
     if mine.get("distill_epochs"):
-        formats += f"; distilled ({mine['distill_epochs']} epochs)"
+        formats += f"; distilled ({mine['distill_epochs']} epochs, {distill_target(mine)})"
     ratio = mine["ppl"] / fp["ppl"]
     target = TARGET_RATIO.get(budget)
     target_txt = f"≤ {target}× → {'**met**' if ratio <= target else '**missed**'}" if target else "no target"

@@ -346,3 +346,154 @@ def test_quantize_stage_estimates_match_a_measured_job(tmp_path: Path, model: st
         est = plan.stages[stage]
         assert est.verdict == "cpu" and ("outside_blocks_fp32" in est.breakdown) == (stream == "stream")
         assert est.cpu_gb == pytest.approx(peak, rel=0.15), (stage, est.breakdown, peaks)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the kernel's per-stage high-water mark")
+@pytest.mark.parametrize("model, stream", [("bundled", "whole"), ("bundled", "stream"), ("other", "stream")])
+def test_distillation_stage_estimates_match_a_measured_job(tmp_path: Path, model: str, stream: str) -> None:
+    """A real `quantize --preset demo --distill-epochs 1` job in a fresh process, as the test above (calibration cut
+    to 2 iterations, evaluation to 2048 tokens) with distillation cut to 8 training windows (+ 4 held out: each step
+    takes one window at a time, so what is held at once is the same): the planner's teacher estimate against the
+    teacher stage's peak; its calibrate estimate (no evaluation after calibration now, the teacher's targets kept)
+    against calibration's; its distill estimate against the largest of distillation, the evaluation of the quantized
+    model and saving it. Each within 15 %, on the bundled SmolLM2-135M whole and streamed and on the other shape
+    streamed."""
+    from bitsmith.engine.hardware import detect
+
+    source = _bundled_folder() if model == "bundled" else _other_shape(tmp_path / "model")
+    out = subprocess.run([sys.executable, str(FIXTURES / "measure_quantize.py"), str(source), "3.0", "demo", stream,
+                          str(tmp_path / "q"), "2", "2048", "1", "8"], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "BITSMITH_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    peaks = measured["stages"]
+    assert measured["settings"]["distill_epochs"] == 1 and measured["settings"]["distill_samples"] == 8
+    plan = plan_model(ModelInfo.from_folder(source), 3.0, detect(), source_on_disk=True,
+                      quantize=QuantizeSettings(**measured["settings"]))
+    assert list(plan.stages)[1:5] == ["measure", "teacher", "calibrate", "distill"]
+    for stage, peak in (("teacher", peaks["teacher"]), ("calibrate", max(peaks["capture"], peaks["calibrate"])),
+                        ("distill", max(peaks[k] for k in ("distill", "evaluate", "save")))):
+        est = plan.stages[stage]
+        assert est.verdict == "cpu" and ("outside_blocks_fp32" in est.breakdown) == (stream == "stream")
+        assert est.cpu_gb == pytest.approx(peak / GIB, rel=0.15), (stage, est.breakdown, peaks)
+
+
+def test_distillation_stages_appear_only_when_the_job_distils(llama8b: ModelInfo) -> None:
+    """No distillation: the plan has the five stages it always had. With it: teacher before calibrate and distill
+    after it, both on the CPU (the pipeline keeps the model there) even on a GPU machine, with the teacher's targets
+    kept through calibration and the evaluation moved after distillation."""
+    from bitsmith.engine.plan import ALL_STAGES
+
+    hw = _hw(24, ram_gb=512)
+    plain = plan_model(llama8b, 3.0, hw, quantize=QuantizeSettings(stream=False))
+    assert list(plain.stages) == list(STAGES) and plain.quantize["distill_epochs"] == 0
+    settings = QuantizeSettings(stream=False, distill_epochs=random.randint(1, 4))
+    plan = plan_model(llama8b, 3.0, hw, quantize=settings)
+    assert list(plan.stages) == list(ALL_STAGES)
+    for stage in ("teacher", "distill"):
+        est = plan.stages[stage]
+        assert est.verdict == "cpu" and est.gpu_gb == 0 and est.cpu_gb > llama8b.total_params * 4 / GIB
+    calib, plain_calib = plan.stages["calibrate"].breakdown, plain.stages["calibrate"].breakdown
+    assert "teacher_targets" in calib and "teacher_targets" not in plain_calib
+    assert "eval_kv_cache" in plain_calib and not any(k.startswith("eval_") for k in calib)
+    # the evaluation follows distillation in the heap it grew: the larger of the loss's logits and the evaluation's
+    assert "distill_logits" in plan.stages["distill"].breakdown
+    long_eval = plan_model(llama8b, 3.0, hw, quantize=dataclasses.replace(settings, eval_window=4096))
+    assert long_eval.stages["distill"].breakdown["eval_logits"] == pytest.approx(2 * 4096 * 128256 * 4 / GIB, abs=1e-3)
+    assert "distill_logits" not in long_eval.stages["distill"].breakdown
+    assert plan.stages["teacher"].disk_gb > 0
+    assert json.loads(json.dumps(plan.to_dict()))["quantize"] == settings.to_dict()
+    with pytest.raises(BadInputError, match="distil"):
+        max_bpw_that_fits(llama8b, hw, stage="distill")
+    assert max_bpw_that_fits(llama8b, hw, stage="distill", quantize=settings) == 16.0
+
+
+def test_distillation_terms_follow_the_settings(llama8b: ModelInfo) -> None:
+    """Each term grows with what it counts and with nothing else: windows and k make the teacher's targets (kept from
+    the teacher stage to the end of distillation), the sequence length the activations and the loss's logits, a
+    bf16 CPU halves the dequantized weights, epochs change nothing held at once; streamed, only the model held
+    changes."""
+    h, i, q, layers = 4096, 14336, 4096, 32
+    base = QuantizeSettings(stream=False, distill_epochs=1)
+    cpu = _hw(None, ram_gb=512)
+
+    def stage(settings: QuantizeSettings, name: str, hw: HardwareProfile = cpu) -> dict[str, float]:
+        return plan_model(llama8b, 3.0, hw, quantize=settings).stages[name].breakdown
+
+    d = stage(base, "distill")
+    assert d["distill_activations"] == pytest.approx(
+        (layers * 512 * (4 * h + 5 * q + 4 * i) + 3 * 512 * h) * 4 / GIB, abs=1e-3)
+    assert d["dequantized_weights"] == pytest.approx(llama8b.linear_params * 4 / GIB, abs=1e-3)  # avx2: fp32
+    bf16 = stage(base, "distill", dataclasses.replace(cpu, cpu=dataclasses.replace(cpu.cpu, flags=["avx512_bf16"])))
+    assert bf16["dequantized_weights"] == pytest.approx(d["dequantized_weights"] / 2, abs=1e-3)
+    assert stage(dataclasses.replace(base, distill_epochs=7), "distill") == d
+    targets = base.distill_samples + base.distill_val_samples
+    assert d["teacher_targets"] == pytest.approx(targets * 512 * (8 + 4 + 32 * 6) / GIB, abs=1e-3)
+    for change, grows in (({"distill_samples": 96}, {"teacher_targets"}), ({"distill_top_k": 64}, {"teacher_targets"}),
+                          ({"distill_seq_len": 1024},
+                           {"teacher_targets", "distill_activations", "distill_logits", "c_heap_reuse"})):
+        more = stage(dataclasses.replace(base, **change), "distill")
+        assert {k for k in d if more[k] > d[k]} == grows, change
+        assert sum(more.values()) > sum(d.values())
+        assert plan_model(llama8b, 3.0, cpu, quantize=dataclasses.replace(base, **change)).stages["teacher"].cpu_gb > \
+            plan_model(llama8b, 3.0, cpu, quantize=base).stages["teacher"].cpu_gb
+    # the heap the loss's logits re-populate: three windows' chunks of logits (2**26 // V tokens at most)
+    from bitsmith.engine.plan_quantize import HEAP_REUSE_WINDOWS
+
+    assert d["c_heap_reuse"] == pytest.approx(HEAP_REUSE_WINDOWS * 512 * 128256 * 4 / GIB, abs=1e-3)
+    long = stage(dataclasses.replace(base, distill_seq_len=4096), "distill")
+    assert long["c_heap_reuse"] == pytest.approx(HEAP_REUSE_WINDOWS * (2**26 // 128256) * 128256 * 4 / GIB, abs=1e-3)
+    # trained zero-points double the statistics' state; more bits (more INT4 g128 groups) need fewer of them
+    zeros = stage(dataclasses.replace(base, distill_zeros=True), "distill")
+    assert d["distill_statistics"] < zeros["distill_statistics"] < 2 * d["distill_statistics"] + 0.01
+    assert plan_model(llama8b, 4.0, cpu, quantize=base).stages["distill"].breakdown["distill_statistics"] < \
+        d["distill_statistics"]
+    # streamed: the model held is what lies outside the blocks; the step's terms are the same
+    streamed = stage(dataclasses.replace(base, stream=True), "distill")
+    assert "outside_blocks_fp32" in streamed and "model_fp32" not in streamed
+    assert {k: streamed[k] for k in d if k != "model_fp32"} == {k: d[k] for k in d if k != "model_fp32"}
+    # the teacher streamed keeps the windows' hidden states of a pass (all of them while the budget allows)
+    teacher = stage(dataclasses.replace(base, stream=True), "teacher")
+    assert teacher["teacher_hidden_states"] == pytest.approx(targets * 512 * h * 4 / GIB, abs=1e-3)
+    assert "teacher_hidden_states" not in stage(base, "teacher")
+
+
+@pytest.mark.parametrize("preset", ["demo", "default", "best"])
+def test_quantize_settings_distil_as_the_pipeline(preset: str) -> None:
+    """from_preset's distillation settings are what engine/pipeline/quantize.py runs with (DistillConfig's defaults,
+    the preset's windows), --distill-epochs overriding the preset's epochs."""
+    from bitsmith.engine.pipeline.presets import get_preset
+    from bitsmith.engine.pipeline.quantize import distill_settings
+
+    p = get_preset(preset)
+    for epochs in (None, 0, 3):
+        s = QuantizeSettings.from_preset(preset, "cpu", distill_epochs=epochs)
+        config = distill_settings(p if epochs is None else dataclasses.replace(p, distill_epochs=epochs))
+        assert (s.distill_epochs, s.distill_val_samples, s.distill_batch, s.distill_top_k) == (
+            config.epochs, config.val_samples, config.batch_size, config.top_k)
+        assert (s.distill_samples, s.distill_seq_len) == (p.distill_samples, p.distill_seq_len)
+    assert QuantizeSettings.from_preset(preset).distills == (p.distill_epochs > 0)
+    with pytest.raises(BadInputError):
+        QuantizeSettings.from_preset(preset, distill_epochs=-1)
+
+
+def test_cli_plan_shows_the_distillation_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bitsmith.engine.cli import main
+
+    folder = tmp_path / "llama-3-8b-shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA3_8B))
+    profile = tmp_path / "hw.json"
+    profile.write_text(json.dumps(_hw(24).to_dict()))
+    assert main(["plan", str(folder), "--bpw", "3", "--json", "--hardware", str(profile), "--preset", "best"]) == 0
+    data = json.loads(capsys.readouterr().out)["plan"]
+    assert list(data["stages"]) == ["download", "measure", "teacher", "calibrate", "distill", "qsft", "chat"]
+    assert data["quantize"]["distill_epochs"] == 2 and data["stages"]["distill"]["verdict"] == "cpu"
+    assert main(["plan", str(folder), "--bpw", "3", "--json", "--hardware", str(profile), "--preset", "best",
+                 "--distill-epochs", "0"]) == 0
+    assert "distill" not in json.loads(capsys.readouterr().out)["plan"]["stages"]
+    assert main(["plan", str(folder), "--bpw", "3", "--hardware", str(profile), "--distill-epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "\nteacher " in out and "\ndistill " in out and "distill: 1 epoch over 32 windows" in out
+    assert main(["plan", str(folder), "--distill-epochs", "-1"]) == 2
