@@ -299,6 +299,12 @@ def _streams(info: ModelInfo, settings: QuantizeSettings, ram_available: int) ->
     return not loads_whole(info.total_params * 4, settings.formats, ram_available)
 
 
+def calibration_device(hw: HardwareProfile) -> str:
+    """The device kind the quantize pipeline calibrates on here, for QuantizeSettings.from_preset: "cuda" when the
+    plan uses a CUDA GPU, else "cpu" (engine/pipeline/quantize.py calibrates on CUDA only)."""
+    return "cuda" if hw.best_device.startswith("cuda") else "cpu"
+
+
 def calibration_amp(kind: str, hw: HardwareProfile) -> bool:
     """Whether calibration tunes under bf16 autocast here (CalibConfig.use_amp's rule: CUDA with bf16, CPUs whose
     oneDNN does bf16, i.e. AVX-512 or AMX)."""

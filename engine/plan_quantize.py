@@ -79,6 +79,11 @@ class QuantizeSettings:
     distill_top_k: int = 32
     distill_zeros: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.distill_epochs, int) or self.distill_epochs < 0:
+            raise BadInputError(f"distillation epochs must be a whole number ≥ 0, got {self.distill_epochs!r}",
+                                hint="Give 0 (no distillation) or more, e.g. --distill-epochs 2.")
+
     @property
     def distills(self) -> bool:
         """Whether the job runs the teacher and distill stages."""
@@ -105,8 +110,6 @@ class QuantizeSettings:
         calib = CalibConfig.preset(preset.calib_preset, device=device, **(dict(preset.cpu_calib_overrides) if cpu
                                                                           else {}))
         epochs = preset.distill_epochs if distill_epochs is None else distill_epochs
-        if not isinstance(epochs, int) or epochs < 0:
-            raise BadInputError(f"distillation epochs must be a whole number ≥ 0, got {epochs!r}")
         specs = [parse_spec(f) for f in preset.formats]
         return cls(formats=len(preset.formats), measure_samples=preset.measure_samples,
                    measure_seq_len=preset.measure_seq_len, calib_samples=calib.samples, calib_seq_len=calib.seq_len,

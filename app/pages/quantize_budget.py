@@ -85,13 +85,12 @@ class BudgetFigures:
 
 def quantize_settings(preset: str, profile: dict[str, Any], stream: bool | None = None) -> Any:
     """The settings the quantize job runs with for an effort preset and a loading choice (None: the engine decides)
-    on the machine of `profile`: calibration on a CUDA GPU when the plan uses one, else on the CPU (the pipeline's
-    rule, engine/pipeline/quantize.py)."""
+    on the machine of `profile`, calibrating where the pipeline would there."""
     from bitsmith.engine.hardware import HardwareProfile
+    from bitsmith.engine.plan import calibration_device
     from bitsmith.engine.plan_quantize import QuantizeSettings
 
-    device = "cuda" if HardwareProfile.from_dict(profile).best_device.startswith("cuda") else "cpu"
-    return QuantizeSettings.from_preset(preset, device, stream)
+    return QuantizeSettings.from_preset(preset, calibration_device(HardwareProfile.from_dict(profile)), stream)
 
 
 def figures(info: ModelInfo, bpw: float, profile: dict[str, Any] | None, *, local: bool, preset: str = "default",

@@ -95,8 +95,9 @@ def teacher_targets(ids: torch.Tensor, logit_rows: Iterable[torch.Tensor], top_k
     index, prob, rest = [], [], []
     for logits in logit_rows:
         check_cancel()
-        values, top = torch.topk(logits.float(), min(top_k, logits.shape[-1]), dim=-1)
-        p = torch.exp(values - torch.logsumexp(logits.float(), dim=-1, keepdim=True)).to(torch.float16)
+        logits = logits.float()  # a no-op for the pipeline's fp32 models; one copy otherwise
+        values, top = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)
+        p = torch.exp(values - torch.logsumexp(logits, dim=-1, keepdim=True)).to(torch.float16)
         index.append(top.to(torch.int32))
         prob.append(p)
         rest.append((1.0 - p.float().sum(-1)).clamp_min(0.0))  # from the stored values: the rows sum to 1

@@ -67,15 +67,12 @@ def _hardware(path: str | None) -> Any:
 def _quantize_settings(args: argparse.Namespace, hw: Any) -> Any:
     """The quantize job's settings to plan: the preset's on this machine's calibration device, or the --seq-len /
     --calib-samples windows; with --distill-epochs when given. None: the planner's defaults."""
-    from bitsmith.engine.errors import BadInputError
+    from bitsmith.engine.plan import calibration_device
     from bitsmith.engine.plan_quantize import QuantizeSettings
 
     epochs = args.distill_epochs
-    if epochs is not None and epochs < 0:
-        raise BadInputError(f"--distill-epochs must be 0 or more, got {epochs}", hint="Give e.g. --distill-epochs 2.")
     if args.preset:
-        device = "cuda" if hw.best_device.startswith("cuda") else "cpu"  # where the pipeline calibrates
-        return QuantizeSettings.from_preset(args.preset, device, distill_epochs=epochs)
+        return QuantizeSettings.from_preset(args.preset, calibration_device(hw), distill_epochs=epochs)
     if epochs is None:
         return None
     return QuantizeSettings(measure_samples=args.calib_samples, measure_seq_len=args.seq_len,

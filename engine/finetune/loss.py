@@ -62,7 +62,7 @@ class _ChunkedLoss(torch.autograd.Function):
                     probs.scatter_add_(1, t, -p)
                 else:
                     # d/dz_j = q_j (1 - rest / q_rest) outside the k (their entries), q_j - p_j inside (scattered)
-                    factor = torch.where(rest > 0, 1.0 - rest / torch.exp(log_q_rest).clamp_min(1e-30), 1.0)
+                    factor = 1.0 - rest / torch.exp(log_q_rest).clamp_min(1e-30)
                     probs.mul_(factor[:, None]).scatter_(1, t, torch.exp(z - lse[:, None]) - p)
                 if softcap:
                     probs.mul_(1.0 - capped.square())
