@@ -67,6 +67,12 @@ class CpuInfo:
     logical_cores: int | None
     flags: list[str] = field(default_factory=list)
 
+    @property
+    def fast_bf16(self) -> bool:
+        """Whether it multiplies bf16 matrices natively (AVX512-BF16 or AMX): about 4x fp32 on the dev box, so
+        CPU training computes in bf16 here (engine/finetune/qsft.py: resolve_compute_dtype)."""
+        return bool({"avx512_bf16", "amx_tile", "amx_bf16"} & set(self.flags))
+
 
 @dataclass
 class HardwareProfile:

@@ -193,7 +193,7 @@ def plan_model(info: ModelInfo, bpw: float, hw: HardwareProfile, *, seq_len: int
         "teacher": lambda kind: _teacher(info, kind, quantize, streamed, hw.ram_available_bytes),
         "calibrate": lambda kind: _calibrate(info, bpw, kind, quantize, streamed, amp if kind == acc.kind else
                                              calibration_amp("cpu", hw)),
-        "distill": lambda kind: _distill(info, bpw, kind, quantize, streamed, cpu_bf16(hw)),
+        "distill": lambda kind: _distill(info, bpw, kind, quantize, streamed, hw.cpu.fast_bf16),
         "qsft": lambda kind: _qsft(info, bpw, kind, seq_len, batch),
         "chat": lambda kind: _chat(info, bpw, kind, context, batch),
     }
@@ -362,15 +362,6 @@ def _calibrate(info: ModelInfo, bpw: float, kind: str, settings: QuantizeSetting
                       + ("then distilled" if settings.distills else
                          f"the quantized model is then evaluated on the CPU at a window of {settings.eval_window}"))
     return need
-
-
-_FAST_BF16_FLAGS = ("avx512_bf16", "amx_tile", "amx_bf16")  # engine/finetune/qsft.py: cpu_has_fast_bf16
-
-
-def cpu_bf16(hw: HardwareProfile) -> bool:
-    """Whether training on this machine's CPU multiplies in bf16 (engine/finetune/qsft.py: resolve_compute_dtype's
-    "auto": CPUs with AVX512-BF16 or AMX), else fp32."""
-    return any(f in _FAST_BF16_FLAGS for f in hw.cpu.flags)
 
 
 def _teacher(info: ModelInfo, kind: str, settings: QuantizeSettings, streamed: bool, ram_available: int) -> _Need:

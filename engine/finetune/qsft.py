@@ -35,7 +35,6 @@ from .qlinear import QSFTLinear, unwrap_model, wrap_model
 
 METHODS = ("qsft", "lora")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
-_FAST_BF16_FLAGS = {"avx512_bf16", "amx_tile", "amx_bf16"}
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -43,7 +42,7 @@ def cpu_has_fast_bf16() -> bool:
     from bitsmith.engine.hardware import detect_cpu
 
     try:
-        return bool(_FAST_BF16_FLAGS & set(detect_cpu().flags))
+        return detect_cpu().fast_bf16
     except Exception:  # detection is best effort; fp32 is always correct
         return False
 
