@@ -340,11 +340,8 @@ def measure_one(args: argparse.Namespace, method: str, budget: float | None, ctx
             rec["ran_at_bpw"] = target
             distill = bitsmith_distill_epochs(args)
             if distill:
-                from bitsmith.engine.calibrate.e2e import DistillConfig
-
-                d = DistillConfig()
                 rec["distill_epochs"] = distill
-                rec["distill_target"] = f"top-{d.top_k} + rest, lr {d.lr:g}, norm lr {d.norm_lr:g}"
+                rec["distill_target"] = current_distill_target()
             name = f"bitsmith-{args.preset}-{budget:g}-{'-'.join(formats)}" + (f"-d{distill}" if distill else "")
             out = Path(args.work) / name
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -428,18 +425,26 @@ def _times(rec: dict) -> str:
     return f"{rec['seconds']:.0f} | {rec['cpu_s']:.0f}" if "seconds" in rec else " | "
 
 
+def current_distill_target() -> str:
+    """The distillation stage's teacher target and learning rates today (DistillConfig's defaults)."""
+    from bitsmith.engine.calibrate.e2e import DistillConfig
+
+    d = DistillConfig()
+    return f"top-{d.top_k} + rest, lr {d.lr:g}, norm lr {d.norm_lr:g}"
+
+
 def distill_target(rec: dict) -> str:
     """What a distilled record's teacher target and learning rates were (records before session 6 lack the field)."""
     return rec.get("distill_target") or "top-32 renormalised, lr 0.0001, norm lr 0.0001"
 
 
 def superseded(rec: dict) -> bool:
-    """A Bitsmith run of an older folder format (it packed some width differently), or distilled against the
-    renormalised top k at lr 1e-4 (before the teacher's rest was kept, session 6): run it again."""
+    """A Bitsmith run of an older folder format (it packed some width differently), or distilled with another
+    target or learning rates than today's (session 5's renormalised top k, for one): run it again."""
     if rec["method"] != "bitsmith":
         return False
-    return rec.get("format_version", 1) < FORMAT_VERSION or bool(rec.get("distill_epochs") and
-                                                                  "distill_target" not in rec)
+    return rec.get("format_version", 1) < FORMAT_VERSION or bool(
+        rec.get("distill_epochs") and distill_target(rec) != current_distill_target())
 
 
 def latest(records: list[dict]) -> dict[tuple, dict]:
